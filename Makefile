@@ -1,0 +1,60 @@
+# The two commands: `make demo` and `make test`. Everything else is a helper they use.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP_FLAGS := -q --disable-pip-version-check
+
+# Local state of the embedded default (Prefect's SQLite database, the artifact store, logs, pid files).
+export OW_HOME ?= $(CURDIR)/.ow
+export PREFECT_HOME ?= $(OW_HOME)/prefect
+export OW_PREFECT_PORT ?= 4200
+export PREFECT_API_URL ?= http://127.0.0.1:$(OW_PREFECT_PORT)/api
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: help install demo test stop lint lock clean
+
+help:
+	@echo "make demo   - set up, start Prefect + a worker, fine-tune the tiny model through finetune/sft, resubmit (cache hit)"
+	@echo "make test   - set up and run the whole test suite"
+	@echo "make stop   - stop the Prefect server and workers that make demo started"
+	@echo "make lint   - ruff"
+	@echo "make lock   - re-resolve dependencies and rewrite constraints.txt"
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version' 
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(PIP_FLAGS) --upgrade pip
+	# constraints.txt pins torch to its CPU build so no CUDA wheels are pulled.
+	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/python scripts/demo.py
+
+test: install
+	$(BIN)/python -m pytest
+
+stop:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/services.py stop; else echo "nothing to stop"; fi
+
+lint: install
+	$(BIN)/ruff check .
+
+lock:
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
+	.lockenv/bin/python -m pip install $(PIP_FLAGS) --upgrade pip
+	.lockenv/bin/python -m pip install $(PIP_FLAGS) 'torch==2.13.0' -e '.[dev]'
+	.lockenv/bin/python -m pip freeze --exclude-editable | grep -v '^ow-prefect' > constraints.txt
+	rm -rf .lockenv
+
+clean: stop
+	rm -rf $(OW_HOME)

@@ -1,0 +1,158 @@
+"""The embedded default: a local Prefect server (SQLite) and workers as child processes.
+
+Used by ``make demo`` (through ``scripts/services.py``, which keeps them running between
+commands) and by the test suite (which starts its own on a free port). One implementation,
+so the tests exercise exactly what the demo runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.error import URLError
+from urllib.request import urlopen
+
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def api_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/api"
+
+
+def is_healthy(url: str, timeout: float = 2.0) -> bool:
+    """True when a Prefect API answers its health check at ``url`` (…/api)."""
+    try:
+        with urlopen(f"{url}/health", timeout=timeout) as response:  # noqa: S310 - loopback only
+            return response.status == 200
+    except (URLError, OSError, ValueError):
+        return False
+
+
+def wait_healthy(url: str, timeout: float = 90.0, process: subprocess.Popen | None = None) -> None:
+    """Block until the API at ``url`` answers; raise with a useful message if it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_healthy(url):
+            return
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"Prefect server exited with code {process.returncode} before becoming healthy")
+        time.sleep(0.3)
+    raise TimeoutError(f"Prefect API at {url} did not become healthy within {timeout:.0f}s")
+
+
+def server_env(prefect_home: Path, base_env: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a server whose state (SQLite database) lives under ``prefect_home``."""
+    env = dict(base_env if base_env is not None else os.environ)
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    env.update(
+        {
+            "PREFECT_HOME": str(prefect_home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
+        }
+    )
+    env.pop("PREFECT_API_URL", None)  # the server must not try to talk to itself as a client
+    return env
+
+
+def start_server(
+    prefect_home: Path,
+    port: int,
+    log_path: Path,
+    *,
+    ui: bool = True,
+    base_env: dict[str, str] | None = None,
+    detach: bool = False,
+) -> subprocess.Popen:
+    """Start ``prefect server start`` on loopback; the caller waits with :func:`wait_healthy`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    command.append("--ui" if ui else "--no-ui")
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            command,
+            env=server_env(prefect_home, base_env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=detach,
+        )
+
+
+def start_worker(
+    pool: str,
+    worker_type: str,
+    log_path: Path,
+    *,
+    env: dict[str, str],
+    name: str | None = None,
+    limit: int | None = None,
+    detach: bool = False,
+    extra_args: list[str] | None = None,
+) -> subprocess.Popen:
+    """Start ``prefect worker start`` for ``pool`` (created with ``worker_type`` if missing)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [*PREFECT, "worker", "start", "--pool", pool, "--type", worker_type]
+    if name:
+        command += ["--name", name]
+    if limit is not None:
+        command += ["--limit", str(limit)]
+    command += extra_args or []
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            command,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=detach,
+        )
+
+
+def stop_process(pid: int, timeout: float = 15.0) -> bool:
+    """SIGTERM a process group (falling back to SIGKILL); True if something was stopped."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return False
+    target = pgid if pgid == pid else None
+    try:
+        if target is not None:
+            os.killpg(target, signal.SIGTERM)
+        else:
+            os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # Reap our own child if it is one, so it does not linger as a zombie.
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    try:
+        if target is not None:
+            os.killpg(target, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True

@@ -1,0 +1,36 @@
+"""Session-wide test environment: real servers started once, on loopback, in temporary state.
+
+The environment variables are set at import time, before any test module imports Prefect,
+because Prefect reads its settings (API URL, home directory) when it is first imported.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from infra import local_stack
+
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="ow-tests-"))
+PREFECT_PORT = local_stack.free_port()
+
+os.environ.update(
+    {
+        "OW_HOME": str(SESSION_HOME / "ow"),
+        "PREFECT_HOME": str(SESSION_HOME / "prefect-client"),
+        "PREFECT_API_URL": local_stack.api_url(PREFECT_PORT),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+        # The RunPod SDK reads ~/.runpod at import; keep it away from the real home.
+        "HOME": str(SESSION_HOME / "home"),
+    }
+)
+(SESSION_HOME / "home").mkdir(parents=True, exist_ok=True)
+
+pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.models"]

@@ -156,3 +156,57 @@ def stop_process(pid: int, timeout: float = 15.0) -> bool:
     except ProcessLookupError:
         pass
     return True
+
+
+CONTROL_POOL = "ow-control"
+GPU_POOL = "ow-gpu"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker_env(base_env: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of local workers (and so of the flow runs they start)."""
+    env = dict(base_env if base_env is not None else os.environ)
+    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "1")
+    env.setdefault("PREFECT_WORKER_PREFETCH_SECONDS", "5")
+    env.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "compute")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def ensure_process_pool(name: str, concurrency_limit: int | None = None) -> bool:
+    """Create a ``process`` work pool unless it exists; True if it was created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+            return False
+        except ObjectNotFound:
+            pass
+        try:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=name,
+                    type="process",
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                    concurrency_limit=concurrency_limit,
+                )
+            )
+        except ObjectAlreadyExists:
+            return False
+    return True
+
+
+def deploy_project(env: dict[str, str] | None = None, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
+    """``prefect deploy --all`` from the project's prefect.yaml (non-interactive)."""
+    return subprocess.run(
+        [*PREFECT, "--no-prompt", "deploy", "--all"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )

@@ -1,0 +1,130 @@
+"""The artifact-store block: where every artifact lives, configured once on the Prefect server.
+
+One block document (default name ``default``, overridable with ``OW_STORE_BLOCK``) tells every
+flow run, on any machine or pod, where to read inputs and write outputs. The same block is
+Prefect's result storage for our cached stages, so job results and artifacts share one store.
+
+Create it from the CLI (``scripts/services.py`` does this for the embedded default)::
+
+    from blocks.storage import ArtifactStoreBlock
+    ArtifactStoreBlock(base_url="s3://my-bucket/ow", endpoint_url="https://…",
+                       aws_access_key_id="…", aws_secret_access_key="…").save("default")
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect._internal.compatibility.async_dispatch import async_dispatch
+from prefect.filesystems import WritableFileSystem
+from pydantic import Field, SecretStr, field_validator
+
+from store.artifact_store import ArtifactStore
+
+DEFAULT_BLOCK_NAME = "default"
+RESULTS_PREFIX = "prefect-results"
+
+
+def ow_home() -> Path:
+    """Local state directory of the embedded default (``$OW_HOME``, else ``~/.ow``)."""
+    return Path(os.environ.get("OW_HOME") or Path.home() / ".ow").expanduser()
+
+
+def default_local_store_url() -> str:
+    return str(ow_home() / "store")
+
+
+class ArtifactStoreBlock(WritableFileSystem):
+    """Where datasets, adapters, outputs, eval logs and cached job results are stored."""
+
+    _block_type_name = "OW Artifact Store"
+    _block_type_slug = "ow-artifact-store"
+    _description = "A local directory or an S3-compatible bucket (AWS, MinIO, R2, …) holding every artifact of ow-prefect jobs."
+
+    base_url: str = Field(
+        default_factory=default_local_store_url,
+        description="Local directory (absolute path) or s3://bucket/prefix.",
+    )
+    endpoint_url: str | None = Field(
+        default=None,
+        description="S3 endpoint URL for non-AWS stores (MinIO, R2, …); empty for AWS.",
+    )
+    region_name: str | None = Field(default=None, description="S3 region, if the store needs one.")
+    aws_access_key_id: SecretStr | None = Field(default=None, description="S3 access key ID.")
+    aws_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret access key.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if "://" in value and not value.startswith(("s3://", "file://")):
+            raise ValueError(f"base_url must be a local directory or s3://bucket/prefix, got {value!r}")
+        if "://" not in value and not os.path.isabs(os.path.expanduser(value)):
+            raise ValueError(f"base_url must be an absolute local path, got {value!r}")
+        return value
+
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec options (credentials included): pass to s3fs, never log."""
+        if not self.base_url.startswith("s3://"):
+            return {}
+        options: dict[str, Any] = {}
+        if self.aws_access_key_id is not None:
+            options["key"] = self.aws_access_key_id.get_secret_value()
+        if self.aws_secret_access_key is not None:
+            options["secret"] = self.aws_secret_access_key.get_secret_value()
+        client_kwargs: dict[str, Any] = {}
+        if self.endpoint_url:
+            client_kwargs["endpoint_url"] = self.endpoint_url
+        if self.region_name:
+            client_kwargs["region_name"] = self.region_name
+        if client_kwargs:
+            options["client_kwargs"] = client_kwargs
+        return options
+
+    def artifact_store(self) -> ArtifactStore:
+        return ArtifactStore(self.base_url, self.storage_options())
+
+    # Prefect result storage: results go under prefect-results/ in the same store. Prefect calls
+    # these with _sync=True from sync engines, hence the async_dispatch pairs (as its own blocks do).
+    async def aread_path(self, path: str) -> bytes:
+        return self.read_path(path, _sync=True)
+
+    @async_dispatch(aread_path)
+    def read_path(self, path: str) -> bytes:
+        return self.artifact_store().read_bytes(f"{RESULTS_PREFIX}/{path}")
+
+    async def awrite_path(self, path: str, content: bytes) -> str:
+        return self.write_path(path, content, _sync=True)
+
+    @async_dispatch(awrite_path)
+    def write_path(self, path: str, content: bytes) -> str:
+        return self.artifact_store().write_bytes(f"{RESULTS_PREFIX}/{path}", content)
+
+
+def store_block_name() -> str:
+    return os.environ.get("OW_STORE_BLOCK") or DEFAULT_BLOCK_NAME
+
+
+def load_store_block(create_default: bool = True) -> ArtifactStoreBlock:
+    """The configured store block; creates a local default on first use if none exists.
+
+    Creating it lazily keeps a fresh Prefect server usable without a setup step, and saving it
+    (rather than using an unsaved instance) lets Prefect reference it as result storage.
+    """
+    name = store_block_name()
+    try:
+        return ArtifactStoreBlock.load(name)
+    except ValueError:
+        if not create_default:
+            raise
+        try:
+            ArtifactStoreBlock().save(name, overwrite=False)
+        except ValueError:
+            pass  # another process created it first; use theirs
+        return ArtifactStoreBlock.load(name)
+
+
+def load_artifact_store() -> ArtifactStore:
+    """The artifact store every flow and the CLI use."""
+    return load_store_block().artifact_store()

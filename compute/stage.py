@@ -1,0 +1,46 @@
+"""What every job's GPU-stage function receives and returns.
+
+The GPU-stage flow builds a :class:`StageContext` (store, scratch space, reporter, secrets) and
+calls the job type's stage function with the validated parameters; the function returns a
+:class:`StageResult`. Stage functions are plain Python, so tests and scripts call them too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compute.reporting import LoggingReporter, Reporter
+from jobs.model_refs import ResolvedModel, resolve_model
+from store.artifact_store import ArtifactStore
+from store.files import download_file
+
+
+@dataclass
+class StageContext:
+    job_id: str
+    store: ArtifactStore
+    work_dir: Path  # scratch space of this job on this machine
+    cache_dir: Path  # content-addressed downloads shared by jobs on this machine
+    reporter: Reporter = field(default_factory=LoggingReporter)
+    secrets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def job_prefix(self) -> str:
+        return f"jobs/{self.job_id}"
+
+    def local_file(self, file_id: str) -> Path:
+        """A local copy of an uploaded file (by content ID)."""
+        return download_file(self.store, file_id, self.cache_dir / "files")
+
+    def local_model(self, reference: str) -> ResolvedModel:
+        """Local directories for a model reference (hub ID, path, job ID, artifact URI)."""
+        return resolve_model(reference, self.store, self.cache_dir)
+
+
+@dataclass
+class StageResult:
+    outputs: dict[str, str]  # name → URI of each output in the store
+    metrics: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,34 @@
+"""The fine-tuning job's GPU-stage function: inputs from the store, the recipe, outputs back."""
+
+from __future__ import annotations
+
+from compute.stage import StageContext, StageResult
+from compute.training.recipe import FinetuneInputs, run_finetune
+from jobs.finetune import TrainingConfig
+
+
+def run_finetune_stage(config: TrainingConfig, context: StageContext) -> StageResult:
+    inputs = FinetuneInputs(
+        job_id=context.job_id,
+        model=context.local_model(config.model),
+        training_path=context.local_file(config.training_file),
+        test_path=context.local_file(config.test_file) if config.test_file else None,
+        work_dir=context.work_dir,
+        store=context.store,
+        reporter=context.reporter,
+        hf_token=context.secrets.get("hf-token"),
+        output_model_name=config.output_model_name(job_id=context.job_id, org_id="ow"),
+    )
+    result = run_finetune(config, inputs)
+    # Checkpoints exist to survive a lost pod; once the final adapter is stored they are dead weight.
+    context.store.delete(f"{context.job_prefix}/checkpoints")
+    return StageResult(
+        outputs=result.outputs,
+        metrics=result.metrics,
+        details={
+            "backend": result.backend,
+            "resumed_from_step": result.resumed_from_step,
+            "finetuned_model_id": inputs.output_model_name,
+            "metrics_history": result.history,
+        },
+    )

@@ -1,0 +1,144 @@
+"""Build the trl trainer for a loss (SFT, DPO, ORPO) from a TrainingConfig.
+
+The same trainers serve both backends: unsloth patches trl's trainers in place when it is
+imported, so the GPU path differs only in how the model was loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from compute.training.examples import preference_examples, sft_examples
+from jobs.finetune import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+# OpenWeights' optimiser names → Hugging Face Trainer names, per device. OpenWeights passes its
+# names through unchanged, so 'adam' and 'adamw' (not Trainer names) fail there; we map them.
+_OPTIMIZERS = {
+    ("adamw_8bit", "cuda"): "adamw_8bit",
+    ("adamw_8bit", "cpu"): "adamw_torch",
+    ("adamw", "cuda"): "adamw_torch",
+    ("adamw", "cpu"): "adamw_torch",
+    ("adam", "cuda"): "adamw_torch",
+    ("adam", "cpu"): "adamw_torch",
+    ("sgd", "cuda"): "sgd",
+    ("sgd", "cpu"): "sgd",
+}
+_OPTIMIZER_NOTES = {
+    ("adamw_8bit", "cpu"): "8-bit AdamW needs bitsandbytes on a CUDA GPU",
+    ("adam", "cuda"): "the Trainer has no plain Adam; AdamW with the configured weight_decay is used",
+    ("adam", "cpu"): "the Trainer has no plain Adam; AdamW with the configured weight_decay is used",
+}
+
+
+def trainer_optimizer(optim: str, device: str) -> tuple[str, str | None]:
+    """``(Trainer optimiser name, reason it differs from the request or None)``."""
+    name = _OPTIMIZERS[(optim, "cuda" if device == "cuda" else "cpu")]
+    return name, _OPTIMIZER_NOTES.get((optim, "cuda" if device == "cuda" else "cpu"))
+
+
+def common_arguments(config: TrainingConfig, output_dir: Path, device: str, has_eval: bool) -> dict[str, Any]:
+    """TrainingArguments shared by every loss."""
+    optim, note = trainer_optimizer(config.optim, device)
+    if note:
+        logger.warning("optim: %r → %r (%s)", config.optim, optim, note)
+    bf16 = False
+    if device == "cuda":
+        import torch
+
+        bf16 = torch.cuda.is_bf16_supported()
+    eval_strategy = (config.test_file_eval_strategy or "no") if has_eval else "no"
+    arguments: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "num_train_epochs": config.epochs,
+        "max_steps": config.max_steps or -1,
+        "per_device_train_batch_size": config.per_device_train_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "warmup_steps": config.warmup_steps,
+        "learning_rate": config.learning_rate_value,
+        "logging_steps": config.logging_steps,
+        "optim": optim,
+        "weight_decay": config.weight_decay,
+        "lr_scheduler_type": config.lr_scheduler_type,
+        "seed": config.seed,
+        "save_strategy": "steps",
+        "save_steps": config.save_steps,
+        "save_total_limit": 2,
+        "per_device_eval_batch_size": config.eval_batch_size,
+        "eval_strategy": eval_strategy,
+        "report_to": [],
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "bf16": bf16,
+        "fp16": device == "cuda" and not bf16,
+        "use_cpu": device != "cuda",
+        # Counted so throughput (tokens/s) can be compared with other ways of training.
+        "include_num_input_tokens_seen": "non_padding",
+    }
+    if eval_strategy == "steps":
+        arguments["eval_steps"] = config.test_file_eval_steps or config.logging_steps
+    return arguments
+
+
+def build_trainer(
+    config: TrainingConfig,
+    model,
+    tokenizer,
+    train_rows: list[dict],
+    eval_rows: list[dict] | None,
+    output_dir: Path,
+    device: str,
+    callbacks: list,
+):
+    """The trainer for ``config.loss``, with its dataset prepared."""
+    from datasets import Dataset
+
+    arguments = common_arguments(config, output_dir, device, has_eval=bool(eval_rows))
+    if config.loss == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        def prepare(rows):
+            return Dataset.from_list(sft_examples(tokenizer, rows, config.train_on_responses_only, config.max_seq_length))
+
+        train_dataset = prepare(train_rows)
+        if len(train_dataset) == 0:
+            raise ValueError("training_file: no row has a token to train on (check max_seq_length and the assistant turns)")
+        return SFTTrainer(
+            model=model,
+            args=SFTConfig(**arguments, max_length=config.max_seq_length, packing=config.packing),
+            train_dataset=train_dataset,
+            eval_dataset=prepare(eval_rows) if eval_rows else None,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+
+    def prepare_preferences(rows):
+        return Dataset.from_list(preference_examples(rows))
+
+    if config.loss == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        return DPOTrainer(
+            model=model,
+            ref_model=None,  # with a LoRA model, the adapter-disabled model is the reference
+            args=DPOConfig(**arguments, beta=config.beta, max_length=config.max_seq_length),
+            train_dataset=prepare_preferences(train_rows),
+            eval_dataset=prepare_preferences(eval_rows) if eval_rows else None,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    if config.loss == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        return ORPOTrainer(
+            model=model,
+            args=ORPOConfig(**arguments, beta=config.beta, max_length=config.max_seq_length),
+            train_dataset=prepare_preferences(train_rows),
+            eval_dataset=prepare_preferences(eval_rows) if eval_rows else None,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    raise ValueError(f"loss: unsupported training objective {config.loss!r}")

@@ -1,0 +1,94 @@
+"""The GPU stage: the one flow that does a job's heavy work, on the GPU work pool.
+
+The control flow of every job type (``flows/job_flow.py``) launches this flow through its
+deployment (``gpu-stage/<job type>``) only when the job's result is not cached. On a ``runpod``
+pool that means one pod per GPU stage; locally it is a process.
+
+It validates the parameters again (a stage can be started by hand), runs the job type's stage
+function with a Prefect reporter, and writes the job's result record last, so a record in the
+store always describes complete outputs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from blocks.secrets import load_secrets
+from blocks.storage import load_store_block, ow_home
+from jobs.records import JobRecord, result_key
+from jobs.registry import get_job_spec
+from tasks.reporting import PrefectReporter, emit_job_event
+
+
+@flow(name="gpu-stage", flow_run_name="{job_id}", log_prints=True)
+def gpu_stage(job_type: str, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run the heavy part of job ``job_id`` and store its outputs and result record."""
+    from compute.stage import StageContext  # imported here: pulls in the compute stack
+
+    logger = get_run_logger()
+    spec = get_job_spec(job_type)
+    config = spec.params_model.model_validate(params)
+    store = load_store_block().artifact_store()
+    work_dir = ow_home() / "work" / job_id
+    shutil.rmtree(work_dir, ignore_errors=True)
+    reporter = PrefectReporter(job_id, job_type)
+    context = StageContext(
+        job_id=job_id,
+        store=store,
+        work_dir=work_dir,
+        cache_dir=ow_home() / "cache",
+        reporter=reporter,
+        secrets=load_secrets(spec.secrets),
+    )
+    started = time.time()
+    emit_job_event("started", job_id, job_type, {"flow_run_id": str(flow_run.get_id())})
+    try:
+        result = spec.stage_function()(config, context)
+    except BaseException as exc:
+        emit_job_event("failed", job_id, job_type, {"error": f"{type(exc).__name__}: {exc}"[:2000]})
+        raise
+    record = JobRecord(
+        job_id=job_id,
+        job_type=job_type,
+        params=config.model_dump(mode="json"),
+        base_model=getattr(config, "model", None),
+        outputs=result.outputs,
+        metrics=result.metrics,
+        details=result.details,
+        code_version=spec.code_version,
+        flow_run_id=str(flow_run.get_id()),
+        started_at=started,
+        completed_at=time.time(),
+    )
+    store.write_json(result_key(job_id), record.model_dump(mode="json"))
+    reporter.finish(summary_markdown(record), links=result.outputs)
+    emit_job_event("completed", job_id, job_type, {"outputs": result.outputs, "metrics": result.metrics})
+    shutil.rmtree(work_dir, ignore_errors=True)
+    logger.info("job %s completed; outputs: %s", job_id, result.outputs)
+    return record.model_dump(mode="json")
+
+
+def summary_markdown(record: JobRecord, cached: bool = False) -> str:
+    """The end-of-job summary shown in the flow run."""
+    lines = [f"# {record.job_type} job `{record.job_id}`", ""]
+    if cached:
+        lines += ["**Cache hit**: an identical job already completed; nothing was recomputed.", ""]
+    if record.base_model:
+        lines.append(f"- base model: `{record.base_model}`")
+    lines.append(f"- took: {record.completed_at - record.started_at:.1f} s")
+    lines += ["", "## Outputs", ""]
+    lines += [f"- **{name}**: `{uri}`" for name, uri in record.outputs.items()] or ["- (none)"]
+    scalar_metrics = {k: v for k, v in record.metrics.items() if isinstance(v, (int, float, str)) and v is not None}
+    if scalar_metrics:
+        lines += ["", "## Metrics", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {name} | {_format(value)} |" for name, value in scalar_metrics.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _format(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,109 @@
+"""Control flows: one builder turns a job type into a Prefect flow whose parameters are its fields.
+
+Every job type's control flow is built here, so every job type gets the same behaviour:
+
+1. its parameters are the fields of the job's pydantic model (descriptions, bounds and
+   defaults become the Prefect UI form; ``--param`` works field by field on the CLI);
+2. ``validate-parameters`` and ``identify-job`` fail within seconds, before any GPU stage,
+   with messages naming the field, file and line;
+3. ``gpu-stage`` is cached under the job's content hash, so an identical resubmission returns
+   the stored result without a GPU-stage flow run;
+4. the flow run is tagged ``ow-job:<job_id>`` and gets a summary artifact.
+
+The control flows run on a cheap work pool; only ``gpu-stage`` needs a GPU.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Annotated, Any
+
+from prefect import Flow, flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run
+from pydantic import BaseModel, Field
+
+from blocks.storage import load_store_block
+from flows.gpu_stage import summary_markdown
+from jobs.records import JobRecord
+from jobs.registry import get_job_spec
+from tasks.job_control import (
+    identify_job,
+    job_tag,
+    job_type_tag,
+    launch_gpu_stage,
+    validate_parameters,
+)
+from tasks.reporting import artifact_key
+
+
+def signature_from_model(model: type[BaseModel]) -> inspect.Signature:
+    """Keyword-only parameters mirroring the model's fields (type, bounds, description, default).
+
+    Prefect reads a parameter's description from a ``Field`` given as its default, and keeps
+    bounds carried in the annotation; both end up in the deployment's UI form.
+    """
+    parameters = []
+    for name, field in model.model_fields.items():
+        annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+        if field.default_factory is not None:
+            default_value = field.default_factory()
+        else:
+            default_value = field.default  # PydanticUndefined for required fields
+        default = Field(default=default_value, description=field.description)
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+    return inspect.Signature(parameters)
+
+
+def job_flow(job_type: str, flow_name: str, module: str, run_name: str | None = None) -> Flow:
+    """The control flow of ``job_type`` (defined in ``module`` so deployments can import it)."""
+    spec = get_job_spec(job_type)
+
+    def control_flow(**params: Any) -> dict[str, Any]:
+        return submit_job(job_type, params)
+
+    control_flow.__signature__ = signature_from_model(spec.params_model)
+    control_flow.__name__ = flow_name.replace("-", "_").replace("/", "_")
+    control_flow.__qualname__ = control_flow.__name__
+    control_flow.__module__ = module
+    control_flow.__doc__ = spec.description
+    return flow(name=flow_name, description=spec.description, flow_run_name=run_name, log_prints=True)(control_flow)
+
+
+def submit_job(job_type: str, raw_params: dict[str, Any]) -> dict[str, Any]:
+    """The control tier of one job: validate, identify, run (or reuse) the GPU stage, summarise."""
+    logger = get_run_logger()
+    params = validate_parameters(job_type, raw_params)
+    identity = identify_job(job_type, params)
+    job_id = identity["job_id"]
+    logger.info("job ID %s", job_id)
+    _label_flow_run(job_id, job_type)
+
+    job_variables = {}
+    if identity["vram_gb"] is not None:
+        job_variables["min_vram_gb"] = identity["vram_gb"]
+        logger.info("estimated GPU memory: %.1f GB", identity["vram_gb"])
+    stage = launch_gpu_stage.with_options(result_storage=load_store_block())
+    state = stage(job_id, job_type, params, job_variables, return_state=True)
+    record_dict = state.result()  # raises GpuStageFailed if the stage failed
+    cached = state.name == "Cached"
+    if cached:
+        logger.info("cache hit: job %s already completed; nothing was recomputed", job_id)
+    record = JobRecord.model_validate(record_dict)
+    create_markdown_artifact(
+        markdown=summary_markdown(record, cached=cached),
+        key=artifact_key(job_id, "job"),
+        description=f"{job_type} job {job_id}",
+    )
+    return {**record_dict, "cached": cached}
+
+
+def _label_flow_run(job_id: str, job_type: str) -> None:
+    """Tag the control flow run with its job ID, so clients can find a job's runs."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return
+    tags = set(flow_run.get_tags()) | {job_tag(job_id), job_type_tag(job_type)}
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(run_id, tags=sorted(tags))

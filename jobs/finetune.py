@@ -1,0 +1,284 @@
+"""Parameters of fine-tuning jobs (SFT, DPO, ORPO), at parity with OpenWeights' ``TrainingConfig``.
+
+Field names, defaults and validation rules follow OpenWeights so a user's existing job
+definitions validate unchanged; messages name the field and what would be valid. The model is
+the typed edge of the ``finetune`` flow: its fields are the flow's parameters (the Prefect UI
+form) and, with defaults filled in, the input of the job's content hash.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ALLOWED_OPTIMIZERS = ("adamw_8bit", "adamw", "adam", "sgd")
+ALLOWED_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+)
+CONVERSATION_LOSSES = ("sft",)
+PREFERENCE_LOSSES = ("dpo", "orpo")
+
+
+class SamplingCallbackConfig(BaseModel):
+    """Generate completions for a dataset's prompts during training, stored as an artifact."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="File ID of a conversations file whose prompts are sampled.")
+    eval_steps: Literal["log"] | int = Field(10, description="Sample every N steps, or 'log' at every logging step.")
+    batch_size: int = Field(8, ge=1, description="Prompts per generation batch.")
+    tag: str = Field("samples", description="Name of the artifact the samples are stored under.")
+    temperature: float = Field(0, ge=0, description="Sampling temperature (0 = greedy).")
+    max_tokens: int = Field(600, gt=0, description="Maximum tokens generated per prompt.")
+
+    @field_validator("eval_steps")
+    @classmethod
+    def _positive_steps(cls, value):
+        if isinstance(value, int) and value <= 0:
+            raise ValueError("Evaluation steps must be positive if specified as an integer")
+        return value
+
+
+class TrainingConfig(BaseModel):
+    """A LoRA (or full) fine-tuning job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Model and data
+    model: str = Field(
+        description="Base model: a Hugging Face model ID, a local path, an earlier fine-tuning job's ID "
+        "(ftjob-…), or an artifact URI in the store.",
+    )
+    training_file: str = Field(
+        description="File ID of the training data (conversations:file-… for SFT, preference:file-… for DPO/ORPO)."
+    )
+    test_file: str | None = Field(None, description="File ID of a held-out dataset evaluated during training.")
+    loss: Literal["sft", "dpo", "orpo"] = Field("sft", description="Training objective.")
+
+    # Tokenizer
+    chat_template: str = Field("default", description="Jinja chat template overriding the tokenizer's ('default' keeps it).")
+
+    # Output naming
+    finetuned_model_id: str = Field(
+        "{org_id}/{model_name}-{job_id}",
+        description="Name of the fine-tuned model (the Hub repo when pushing). Placeholders: "
+        "{org_id}, {model_name}, {job_id}, and keys of model_naming_extra_parameters.",
+    )
+    model_naming_extra_parameters: dict[str, str] | None = Field(
+        None, description="Extra placeholder values for finetuned_model_id."
+    )
+    job_id_suffix: str | None = Field(None, description="Suffix appended to the job ID (e.g. to tell runs apart).")
+
+    # Model loading
+    max_seq_length: int = Field(2048, ge=8, le=1_048_576, description="Maximum sequence length for training.")
+    load_in_4bit: bool = Field(False, description="Load the base model in 4-bit (QLoRA; needs a GPU).")
+
+    # PEFT
+    is_peft: bool = Field(True, description="Train a LoRA adapter (True) or all weights (False).")
+    target_modules: list[str] | None = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES), description="Modules LoRA adapts."
+    )
+    lora_bias: Literal["all", "none"] = Field("none", description="LoRA bias training: 'none' or 'all'.")
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha (scaling).")
+    lora_dropout: float = Field(0.0, description="LoRA dropout rate, between 0 and 1.")
+    use_rslora: bool = Field(True, description="Rank-stabilised LoRA scaling (alpha/sqrt(r)).")
+    merge_before_push: bool = Field(
+        True,
+        description="Also store weights merged with the adapter (usable as a plain model and as the parent "
+        "of further fine-tunes). Skipped with a warning for 4-bit models.",
+    )
+    push_to_hub: bool = Field(
+        False, description="Also push the result to the Hugging Face Hub as finetuned_model_id (needs the hf-token secret)."
+    )
+    push_to_private: bool = Field(True, description="Make the Hub repository private when pushing.")
+
+    # Optimisation
+    epochs: int = Field(1, ge=1, description="Number of training epochs.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps (overrides epochs).")
+    per_device_train_batch_size: int = Field(2, ge=1, description="Training batch size per device.")
+    gradient_accumulation_steps: int = Field(8, ge=1, description="Batches accumulated per optimiser step.")
+    warmup_steps: int = Field(5, ge=0, description="Learning-rate warm-up steps.")
+    learning_rate: float | str = Field(
+        1e-4, description="Learning rate, or an arithmetic expression such as '1e-4 * 2'."
+    )
+    logging_steps: int = Field(1, ge=1, description="Steps between logged metrics.")
+    optim: str = Field("adamw_8bit", description=f"Optimiser: one of {', '.join(ALLOWED_OPTIMIZERS)}.")
+    weight_decay: float = Field(0.01, ge=0, description="Weight decay.")
+    lr_scheduler_type: str = Field("linear", description=f"Scheduler: one of {', '.join(ALLOWED_SCHEDULERS)}.")
+    seed: int = Field(3407, description="Random seed.")
+    beta: float = Field(0.1, gt=0, description="Beta of DPO / ORPO.")
+    save_steps: int = Field(5000, ge=1, description="Checkpoint to the artifact store every N steps.")
+    checkpoint_interval_minutes: float = Field(
+        30.0, gt=0, description="Also checkpoint when this many minutes passed since the last checkpoint."
+    )
+    train_on_responses_only: bool = Field(True, description="Compute the loss on assistant tokens only (SFT).")
+    packing: bool = Field(False, description="Pack several short examples into one sequence (SFT).")
+
+    # Evaluation and callbacks
+    logp_callback_datasets: dict[str, str] = Field(
+        default_factory=dict, description="Name → file ID of datasets whose loss/log-probability is tracked."
+    )
+    eval_every_n_steps: int = Field(5000, description="Evaluate logp_callback_datasets every N steps.")
+    sampling_callbacks: list[SamplingCallbackConfig] | None = Field(
+        None, description="Datasets whose prompts are sampled during training."
+    )
+    eval_batch_size: int = Field(8, ge=1, description="Evaluation batch size for test_file.")
+    test_file_eval_steps: int | float | None = Field(
+        None, description="How often to evaluate test_file (Trainer eval_steps)."
+    )
+    test_file_eval_strategy: Literal["no", "steps", "epoch"] | None = Field(
+        "epoch", description="When to evaluate test_file: no, steps or epoch."
+    )
+
+    meta: dict[str, Any] | None = Field(None, description="Free-form metadata kept with the job.")
+
+    # -- validators -------------------------------------------------------------------------
+
+    @field_validator("learning_rate", mode="before")
+    @classmethod
+    def _check_learning_rate(cls, value):
+        rate = evaluate_learning_rate(value)
+        if rate <= 0:
+            raise ValueError("Learning rate must be positive")
+        return value
+
+    @field_validator("lora_dropout")
+    @classmethod
+    def _check_dropout(cls, value: float) -> float:
+        if not 0 <= value <= 1:
+            raise ValueError("Dropout rate must be between 0 and 1")
+        return value
+
+    @field_validator("optim")
+    @classmethod
+    def _check_optimizer(cls, value: str) -> str:
+        if value not in ALLOWED_OPTIMIZERS:
+            raise ValueError(f"Optimizer must be one of {list(ALLOWED_OPTIMIZERS)}")
+        return value
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _check_scheduler(cls, value: str) -> str:
+        if value not in ALLOWED_SCHEDULERS:
+            raise ValueError(f"Scheduler must be one of {list(ALLOWED_SCHEDULERS)}")
+        return value
+
+    @field_validator("eval_every_n_steps")
+    @classmethod
+    def _check_eval_steps(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("Evaluation steps must be positive if specified as an integer")
+        return value
+
+    @field_validator("finetuned_model_id")
+    @classmethod
+    def _check_finetuned_model_id(cls, value: str) -> str:
+        if len(value.split("/")) != 2:
+            raise ValueError("Model ID must be in the format 'user/model'")
+        org = value.split("/")[0]
+        if org in ("datasets", "models", "unsloth", "None"):
+            raise ValueError(f"You have set org={org}, but it must be an org you have access to")
+        return value
+
+    @model_validator(mode="after")
+    def _check_files_match_loss(self) -> TrainingConfig:
+        purpose = self.training_file.split(":", 1)[0]
+        if self.loss in CONVERSATION_LOSSES and purpose != "conversations":
+            raise ValueError(
+                f"training_file: loss={self.loss!r} trains on a conversations file (conversations:file-…), "
+                f"got {self.training_file!r}"
+            )
+        if self.loss in PREFERENCE_LOSSES and purpose != "preference":
+            raise ValueError(
+                f"training_file: loss={self.loss!r} trains on a preference file (preference:file-…), "
+                f"got {self.training_file!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_logprobs_with_4bit(self) -> TrainingConfig:
+        if (self.load_in_4bit or "4bit" in self.model) and self.logp_callback_datasets:
+            raise ValueError("logp_callback_datasets: log-probability tracking does not work for 4-bit models")
+        return self
+
+    @model_validator(mode="after")
+    def _check_name_template(self) -> TrainingConfig:
+        try:
+            self.output_model_name(job_id="ftjob-x", org_id="org")
+        except KeyError as exc:
+            raise ValueError(
+                f"finetuned_model_id: unknown placeholder {{{exc.args[0]}}}; use {{org_id}}, {{model_name}}, "
+                "{job_id} or a key of model_naming_extra_parameters"
+            ) from None
+        return self
+
+    # -- derived values ---------------------------------------------------------------------
+
+    @property
+    def learning_rate_value(self) -> float:
+        return evaluate_learning_rate(self.learning_rate)
+
+    def input_file_ids(self) -> list[str]:
+        """Every file this job reads, so the job ID covers their content."""
+        files = [self.training_file]
+        if self.test_file:
+            files.append(self.test_file)
+        files.extend(self.logp_callback_datasets.values())
+        files.extend(callback.dataset for callback in self.sampling_callbacks or [])
+        return files
+
+    def output_model_name(self, job_id: str, org_id: str) -> str:
+        model_name = self.model.rstrip("/").split("/")[-1]
+        values = {"org_id": org_id, "model_name": model_name, "job_id": job_id}
+        values.update(self.model_naming_extra_parameters or {})
+        return self.finetuned_model_id.format(**values)
+
+
+_OPERATORS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+}
+
+
+def evaluate_learning_rate(value: float | int | str) -> float:
+    """A learning rate given as a number or a plain arithmetic expression (no names, no calls).
+
+    OpenWeights ``eval``s the string; we parse it so a parameter can never run code.
+    """
+    if isinstance(value, bool):
+        raise ValueError("Learning rate must be a number or an arithmetic expression")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("Learning rate must be a number or an arithmetic expression")
+
+    def evaluate(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return evaluate(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            return float(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            return _OPERATORS[type(node.op)](evaluate(node.left), evaluate(node.right))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
+            return _OPERATORS[type(node.op)](evaluate(node.operand))
+        raise ValueError(f"Learning rate expression may only use numbers and + - * / **: {value!r}")
+
+    try:
+        return float(evaluate(ast.parse(value, mode="eval")))
+    except (SyntaxError, ZeroDivisionError, OverflowError) as exc:
+        raise ValueError(f"Learning rate expression {value!r} is not valid: {exc}") from None

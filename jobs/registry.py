@@ -1,0 +1,108 @@
+"""The job registry: what makes a job type, in one declaration.
+
+A job type is a parameter model, the input files and models it reads, the function that does
+the work in the GPU stage, and the source files whose content is its code version. Everything
+else — validation in the control tier, the content-hash ID, the cache, the GPU stage, the
+artifacts — is the same mechanism for every type (``flows/job_flow.py``, ``flows/gpu_stage.py``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from jobs.datasets import RowValidator
+from jobs.identity import compute_job_id, source_digest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A file a job reads, named by the parameter it came from (for error messages)."""
+
+    field: str
+    file_id: str
+    purposes: tuple[str, ...]
+    row_check: RowValidator | None = None  # a job-specific check on top of the purpose's own
+
+
+@dataclass(frozen=True)
+class InputModel:
+    """A model reference a job loads, named by its parameter."""
+
+    field: str
+    reference: str
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job_type: str
+    id_prefix: str
+    params_model: type[BaseModel]
+    stage: str  # "module:function" run in the GPU stage: (params, StageContext) -> StageResult
+    code_paths: tuple[str, ...]  # globs relative to the project root
+    input_files: Callable[[Any], list[InputFile]] = lambda params: []
+    input_models: Callable[[Any], list[InputModel]] = lambda params: []
+    # (params, base model config.json or None) -> GB; drives the RunPod worker's GPU choice
+    vram_gb: Callable[[Any, dict | None], float] | None = None
+    cacheable: bool = True
+    id_suffix: Callable[[Any], str | None] = lambda params: None
+    secrets: tuple[str, ...] = ()  # Prefect Secret block names the stage may need
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def code_version(self) -> str:
+        paths = [path for pattern in self.code_paths for path in PROJECT_ROOT.glob(pattern) if path.is_file()]
+        if not paths:
+            raise RuntimeError(f"job type {self.job_type}: no source files match {self.code_paths}")
+        return source_digest(paths, PROJECT_ROOT)
+
+    def job_id(self, params: BaseModel, inputs: list[str]) -> str:
+        """The content-hash ID: parameters with defaults, input contents, code version."""
+        job_id = compute_job_id(
+            self.job_type,
+            params.model_dump(mode="json"),
+            inputs,
+            self.code_version,
+            prefix=self.id_prefix,
+        )
+        suffix = self.id_suffix(params)
+        return f"{job_id}-{suffix}" if suffix else job_id
+
+    def stage_function(self) -> Callable:
+        module, _, name = self.stage.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+_REGISTRY: dict[str, JobSpec] = {}
+
+
+def register(spec: JobSpec) -> JobSpec:
+    _REGISTRY[spec.job_type] = spec
+    return spec
+
+
+def get_job_spec(job_type: str) -> JobSpec:
+    _load_builtin_specs()
+    try:
+        return _REGISTRY[job_type]
+    except KeyError:
+        raise ValueError(f"unknown job type {job_type!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def job_types() -> list[str]:
+    _load_builtin_specs()
+    return sorted(_REGISTRY)
+
+
+def _load_builtin_specs() -> None:
+    # The built-in job types register themselves on import; importing is cheap (pydantic only).
+    importlib.import_module("jobs.specs")

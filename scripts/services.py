@@ -1,0 +1,120 @@
+"""Start, stop or show the embedded default: a local Prefect server and two process workers.
+
+    python scripts/services.py start    # idempotent: reuses a healthy server and live workers
+    python scripts/services.py stop
+    python scripts/services.py status
+
+State lives under $OW_HOME (the Makefile sets it to ./.ow): the SQLite database in prefect/,
+logs in logs/, pid files in run/, the artifact store in store/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from infra import local_stack  # noqa: E402
+
+OW_HOME = Path(os.environ.get("OW_HOME") or Path.home() / ".ow")
+RUN_DIR = OW_HOME / "run"
+LOG_DIR = OW_HOME / "logs"
+PORT = int(os.environ.get("OW_PREFECT_PORT", "4200"))
+API_URL = os.environ.get("PREFECT_API_URL") or local_stack.api_url(PORT)
+WORKERS = {
+    "control": (local_stack.CONTROL_POOL, "process"),
+    "gpu": (local_stack.GPU_POOL, "process"),
+}
+
+
+def _pid(name: str) -> int | None:
+    path = RUN_DIR / f"{name}.pid"
+    if not path.exists():
+        return None
+    pid = int(path.read_text().strip() or 0)
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        path.unlink(missing_ok=True)
+        return None
+    return pid
+
+
+def _write_pid(name: str, pid: int) -> None:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    (RUN_DIR / f"{name}.pid").write_text(str(pid))
+
+
+def start() -> None:
+    os.environ["PREFECT_API_URL"] = API_URL
+    if local_stack.is_healthy(API_URL):
+        print(f"Prefect server: already running at {API_URL}")
+    else:
+        if _pid("server"):
+            local_stack.stop_process(_pid("server"))
+        process = local_stack.start_server(
+            OW_HOME / "prefect", PORT, LOG_DIR / "prefect-server.log", ui=True, detach=True
+        )
+        _write_pid("server", process.pid)
+        print(f"Prefect server: starting at {API_URL} (log: {LOG_DIR / 'prefect-server.log'})")
+        try:
+            local_stack.wait_healthy(API_URL, timeout=120, process=process)
+        except (RuntimeError, TimeoutError) as exc:
+            sys.exit(f"{exc}. Is port {PORT} taken? Set OW_PREFECT_PORT to another port.")
+
+    from blocks.storage import load_store_block
+
+    block = load_store_block()
+    print(f"artifact store: {block.base_url} (block ow-artifact-store/{os.environ.get('OW_STORE_BLOCK', 'default')})")
+
+    env = local_stack.worker_env()
+    for name, (pool, worker_type) in WORKERS.items():
+        local_stack.ensure_process_pool(pool)
+        if _pid(f"worker-{name}"):
+            print(f"worker for {pool}: already running")
+            continue
+        process = local_stack.start_worker(
+            pool, worker_type, LOG_DIR / f"worker-{name}.log", env=env, name=f"local-{name}", detach=True
+        )
+        _write_pid(f"worker-{name}", process.pid)
+        print(f"worker for {pool}: started (log: {LOG_DIR / f'worker-{name}.log'})")
+
+    local_stack.deploy_project(env=env)
+    print("deployments: created from prefect.yaml")
+
+
+def stop() -> None:
+    for name in ["worker-control", "worker-gpu", "server"]:
+        pid = _pid(name)
+        if pid and local_stack.stop_process(pid):
+            print(f"stopped {name} (pid {pid})")
+        (RUN_DIR / f"{name}.pid").unlink(missing_ok=True)
+
+
+def status() -> int:
+    healthy = local_stack.is_healthy(API_URL)
+    print(f"Prefect server at {API_URL}: {'healthy' if healthy else 'not answering'}")
+    for name in ["worker-control", "worker-gpu"]:
+        pid = _pid(name)
+        print(f"{name}: {'running, pid ' + str(pid) if pid else 'not running'}")
+    return 0 if healthy else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["start", "stop", "status"])
+    args = parser.parse_args(argv)
+    if args.command == "start":
+        start()
+    elif args.command == "stop":
+        stop()
+    else:
+        return status()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Control-tier tasks shared by every job type: validate, identify, launch the GPU stage once.
+
+The GPU stage task is cached under the job's content hash, with the artifact store as result
+storage: an identical resubmission finds the stored result record and returns it without
+creating a GPU-stage flow run (so without a pod). Concurrent identical submissions are
+collapsed by the server: each launches the GPU stage with the same idempotency key
+(``<job_id>:<failed attempts so far>``), so the second gets the first's flow run and waits for
+it. A failed or cancelled stage is never cached, and bumps the attempt count so a
+resubmission runs it again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.deployments import run_deployment
+
+from blocks.storage import load_artifact_store
+from jobs.records import result_key
+from jobs.registry import get_job_spec
+from jobs.validation import check_inputs, validate_params
+
+FAILED_STATES = [StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
+
+
+class GpuStageFailed(RuntimeError):
+    """The GPU stage of a job did not complete."""
+
+
+def job_tag(job_id: str) -> str:
+    return f"ow-job:{job_id}"
+
+
+def job_type_tag(job_type: str) -> str:
+    return f"ow-type:{job_type}"
+
+
+def gpu_deployment_name(job_type: str) -> str:
+    return f"gpu-stage/{job_type}"
+
+
+@task(name="validate-parameters", cache_policy=NO_CACHE, persist_result=False)
+def validate_parameters(job_type: str, raw_params: dict[str, Any]) -> dict[str, Any]:
+    """The job's parameters with every default filled in (errors name each bad field)."""
+    return validate_params(get_job_spec(job_type), raw_params).model_dump(mode="json")
+
+
+@task(name="identify-job", cache_policy=NO_CACHE, persist_result=False)
+def identify_job(job_type: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Check every input exists and is valid; returns the job ID and its VRAM estimate."""
+    spec = get_job_spec(job_type)
+    config = spec.params_model.model_validate(params)
+    checked = check_inputs(spec, config, load_artifact_store())
+    return {"job_id": spec.job_id(config, checked.inputs), "vram_gb": checked.vram_gb, "inputs": checked.inputs}
+
+
+def _job_id_cache_key(context, parameters: dict[str, Any]) -> str:
+    return parameters["job_id"]
+
+
+@task(
+    name="gpu-stage",
+    cache_key_fn=_job_id_cache_key,
+    persist_result=True,
+    result_serializer="json",
+    log_prints=True,
+)
+def launch_gpu_stage(
+    job_id: str,
+    job_type: str,
+    params: dict[str, Any],
+    job_variables: dict[str, Any],
+) -> dict[str, Any]:
+    """Run the job's GPU stage (or join the identical one already running) and return its record."""
+    deployment = gpu_deployment_name(job_type)
+    attempt = _failed_attempts(deployment, job_id)
+    flow_run = run_deployment(
+        deployment,
+        parameters={"job_type": job_type, "job_id": job_id, "params": params},
+        idempotency_key=f"{job_id}:{attempt}",
+        job_variables=job_variables,
+        tags=[job_tag(job_id), job_type_tag(job_type)],
+        timeout=None,
+        poll_interval=1,
+    )
+    state = flow_run.state
+    if state is None or not state.is_completed():
+        status = state.name if state else "unknown"
+        message = (state.message or "").strip() if state else ""
+        raise GpuStageFailed(f"GPU stage {flow_run.name} ({flow_run.id}) ended {status}: {message or 'no message'}")
+    return load_artifact_store().read_json(result_key(job_id))
+
+
+def _failed_attempts(deployment_name: str, job_id: str) -> int:
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(deployment_name)
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[job_tag(job_id)]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=FAILED_STATES)),
+            ),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+        )
+    return len(runs)

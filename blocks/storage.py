@@ -106,18 +106,20 @@ def store_block_name() -> str:
     return os.environ.get("OW_STORE_BLOCK") or DEFAULT_BLOCK_NAME
 
 
-def load_store_block(create_default: bool = True) -> ArtifactStoreBlock:
-    """The configured store block; creates a local default on first use if none exists.
+def load_store_block(name: str | None = None, create_default: bool = True) -> ArtifactStoreBlock:
+    """The store block ``name`` (default: ``$OW_STORE_BLOCK`` or ``default``).
 
-    Creating it lazily keeps a fresh Prefect server usable without a setup step, and saving it
-    (rather than using an unsaved instance) lets Prefect reference it as result storage.
+    The default block is created (a local directory under ``$OW_HOME``) on first use if it does
+    not exist: a fresh Prefect server works without a setup step, and a saved block (rather than
+    an unsaved instance) is what Prefect can reference as result storage.
     """
-    name = store_block_name()
+    explicit = name is not None
+    name = name or store_block_name()
     try:
         return ArtifactStoreBlock.load(name)
     except ValueError:
-        if not create_default:
-            raise
+        if explicit or not create_default:
+            raise ValueError(f"no ow-artifact-store block named {name!r} on the Prefect server") from None
         try:
             ArtifactStoreBlock().save(name, overwrite=False)
         except ValueError:

@@ -99,9 +99,13 @@ def estimate_training_vram_gb_for_shape(
     # fp32 master copy is kept only for LoRA weights; grads in training dtype; Adam moments 8 or 2 bytes.
     optimiser = 2.0 if eight_bit_optimizer else 8.0
     state = trainable * (2 + optimiser + (4 if is_peft else 0))
-    sequences = batch_size * max_seq_length * (2 if preference_pairs else 1)
-    activations = sequences * shape.hidden_size * shape.num_layers * 2 * 2
-    logits = sequences * shape.vocab_size * 4
+    tokens = batch_size * max_seq_length * (2 if preference_pairs else 1)
+    # Gradient checkpointing keeps one bf16 hidden state per layer boundary, and recomputes one
+    # layer at a time (its attention and MLP intermediates).
+    checkpoints = tokens * shape.hidden_size * shape.num_layers * 2
+    layer_working_set = tokens * (shape.hidden_size * 8 + shape.intermediate_size * 3) * 2
+    logits = tokens * shape.vocab_size * 4  # fp32 logits of the whole batch
+    activations = checkpoints + layer_working_set
     total = (weights + state + activations + logits) / GIB + CUDA_CONTEXT_GB
     return round(total * SAFETY_MARGIN, 1)
 

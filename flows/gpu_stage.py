@@ -26,14 +26,18 @@ from tasks.reporting import PrefectReporter, emit_job_event
 
 
 @flow(name="gpu-stage", flow_run_name="{job_id}", log_prints=True)
-def gpu_stage(job_type: str, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Run the heavy part of job ``job_id`` and store its outputs and result record."""
+def gpu_stage(job_type: str, job_id: str, params: dict[str, Any], store_block: str | None = None) -> dict[str, Any]:
+    """Run the heavy part of job ``job_id`` and store its outputs and result record.
+
+    ``store_block`` names the artifact-store block the control tier used, so both tiers read
+    and write the same store whatever the GPU machine's environment says.
+    """
     from compute.stage import StageContext  # imported here: pulls in the compute stack
 
     logger = get_run_logger()
     spec = get_job_spec(job_type)
     config = spec.params_model.model_validate(params)
-    store = load_store_block().artifact_store()
+    store = load_store_block(store_block).artifact_store()
     work_dir = ow_home() / "work" / job_id
     shutil.rmtree(work_dir, ignore_errors=True)
     reporter = PrefectReporter(job_id, job_type)

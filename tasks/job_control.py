@@ -27,7 +27,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 
-from blocks.storage import load_artifact_store
+from blocks.storage import load_artifact_store, store_block_name
 from jobs.records import result_key
 from jobs.registry import get_job_spec
 from jobs.validation import check_inputs, validate_params
@@ -85,11 +85,13 @@ def launch_gpu_stage(
 ) -> dict[str, Any]:
     """Run the job's GPU stage (or join the identical one already running) and return its record."""
     deployment = gpu_deployment_name(job_type)
+    store_block = store_block_name()
     attempt = _failed_attempts(deployment, job_id)
     flow_run = run_deployment(
         deployment,
-        parameters={"job_type": job_type, "job_id": job_id, "params": params},
-        idempotency_key=f"{job_id}:{attempt}",
+        parameters={"job_type": job_type, "job_id": job_id, "params": params, "store_block": store_block},
+        # One GPU run per (job, store, attempt): identical concurrent submissions share it.
+        idempotency_key=f"{job_id}:{store_block}:{attempt}",
         job_variables=job_variables,
         tags=[job_tag(job_id), job_type_tag(job_type)],
         timeout=None,

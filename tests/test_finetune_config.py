@@ -1,0 +1,105 @@
+"""TrainingConfig: OpenWeights' defaults and validation rules, messages naming the field."""
+
+import pytest
+
+from jobs.finetune import TrainingConfig, evaluate_learning_rate
+from jobs.registry import get_job_spec
+from jobs.validation import InvalidJobError, validate_params
+
+CONV = "conversations:file-" + "a" * 64
+PREF = "preference:file-" + "b" * 64
+
+
+def test_every_field_accepts_openweights_defaults():
+    config = TrainingConfig(model="unsloth/Qwen2.5-0.5B-Instruct", training_file=CONV)
+    expected = {
+        "loss": "sft",
+        "chat_template": "default",
+        "finetuned_model_id": "{org_id}/{model_name}-{job_id}",
+        "max_seq_length": 2048,
+        "load_in_4bit": False,
+        "is_peft": True,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "lora_bias": "none",
+        "r": 16,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "use_rslora": True,
+        "merge_before_push": True,
+        "push_to_private": True,
+        "epochs": 1,
+        "max_steps": None,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 8,
+        "warmup_steps": 5,
+        "learning_rate": 1e-4,
+        "logging_steps": 1,
+        "optim": "adamw_8bit",
+        "weight_decay": 0.01,
+        "lr_scheduler_type": "linear",
+        "seed": 3407,
+        "beta": 0.1,
+        "save_steps": 5000,
+        "train_on_responses_only": True,
+        "packing": False,
+        "eval_batch_size": 8,
+        "test_file_eval_steps": None,
+        "test_file_eval_strategy": "epoch",
+        "logp_callback_datasets": {},
+        "eval_every_n_steps": 5000,
+        "sampling_callbacks": None,
+        "meta": None,
+        "test_file": None,
+    }
+    assert {key: getattr(config, key) for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"lora_dropout": 1.5}, "lora_dropout", "Dropout rate must be between 0 and 1"),
+        ({"optim": "lion"}, "optim", "Optimizer must be one of"),
+        ({"lr_scheduler_type": "exponential"}, "lr_scheduler_type", "Scheduler must be one of"),
+        ({"learning_rate": -1.0}, "learning_rate", "Learning rate must be positive"),
+        ({"learning_rate": "__import__('os')"}, "learning_rate", "may only use numbers"),
+        ({"r": 0}, "r", "greater than or equal to 1"),
+        ({"epochs": 0}, "epochs", "greater than or equal to 1"),
+        ({"loss": "ppo"}, "loss", "Input should be 'sft', 'dpo' or 'orpo'"),
+        ({"finetuned_model_id": "no-slash"}, "finetuned_model_id", "format 'user/model'"),
+        ({"finetuned_model_id": "unsloth/x"}, "finetuned_model_id", "org you have access to"),
+        ({"finetuned_model_id": "{org_id}/{nope}"}, "finetuned_model_id", "unknown placeholder {nope}"),
+        ({"eval_every_n_steps": 0}, "eval_every_n_steps", "must be positive"),
+        ({"test_file_eval_strategy": "sometimes"}, "test_file_eval_strategy", "Input should be"),
+        ({"loss": "dpo"}, "training_file", "loss='dpo' trains on a preference file"),
+        ({"load_in_4bit": True, "logp_callback_datasets": {"x": CONV}}, "logp_callback_datasets", "does not work for 4-bit"),
+        ({"unknown_knob": 1}, "unknown_knob", "unknown parameter"),
+        ({"sampling_callbacks": [{"dataset": CONV, "max_tokens": 0}]}, "sampling_callbacks.0.max_tokens", "greater than 0"),
+    ],
+)
+def test_invalid_values_fail_with_a_message_naming_the_field(change, field, message):
+    raw = {"model": "org/base", "training_file": CONV, **change}
+    with pytest.raises(InvalidJobError) as caught:
+        validate_params(get_job_spec("finetune"), raw)
+    problems = "\n".join(caught.value.problems)
+    assert problems.startswith(f"{field}:") or f"\n{field}:" in problems, problems
+    assert message in problems
+
+
+def test_preference_losses_take_preference_files():
+    for loss in ("dpo", "orpo"):
+        assert TrainingConfig(model="org/base", training_file=PREF, loss=loss).beta == 0.1
+
+
+@pytest.mark.parametrize(("expression", "value"), [(1e-4, 1e-4), ("1e-4 * 2", 2e-4), ("3e-4 / (2 ** 1)", 1.5e-4), (2, 2.0)])
+def test_learning_rate_expressions(expression, value):
+    assert evaluate_learning_rate(expression) == pytest.approx(value)
+
+
+def test_output_model_name_fills_placeholders():
+    config = TrainingConfig(
+        model="meta-llama/Llama-3.1-8B",
+        training_file=CONV,
+        finetuned_model_id="{org_id}/{model_name}-{tag}-{job_id}",
+        model_naming_extra_parameters={"tag": "v2", "org_id": "myorg"},
+    )
+    assert config.output_model_name(job_id="ftjob-1", org_id="ow") == "myorg/Llama-3.1-8B-v2-ftjob-1"

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from jobs.file_ids import FileId
+
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ALLOWED_OPTIMIZERS = ("adamw_8bit", "adamw", "adam", "sgd")
 ALLOWED_SCHEDULERS = (
@@ -33,7 +35,7 @@ class SamplingCallbackConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str = Field(description="File ID of a conversations file whose prompts are sampled.")
+    dataset: FileId = Field(description="File ID of a conversations file whose prompts are sampled.")
     eval_steps: Literal["log"] | int = Field(10, description="Sample every N steps, or 'log' at every logging step.")
     batch_size: int = Field(8, ge=1, description="Prompts per generation batch.")
     tag: str = Field("samples", description="Name of the artifact the samples are stored under.")
@@ -58,10 +60,10 @@ class TrainingConfig(BaseModel):
         description="Base model: a Hugging Face model ID, a local path, an earlier fine-tuning job's ID "
         "(ftjob-…), or an artifact URI in the store.",
     )
-    training_file: str = Field(
+    training_file: FileId = Field(
         description="File ID of the training data (conversations:file-… for SFT, preference:file-… for DPO/ORPO)."
     )
-    test_file: str | None = Field(None, description="File ID of a held-out dataset evaluated during training.")
+    test_file: FileId | None = Field(None, description="File ID of a held-out dataset evaluated during training.")
     loss: Literal["sft", "dpo", "orpo"] = Field("sft", description="Training objective.")
 
     # Tokenizer
@@ -125,7 +127,7 @@ class TrainingConfig(BaseModel):
     packing: bool = Field(False, description="Pack several short examples into one sequence (SFT).")
 
     # Evaluation and callbacks
-    logp_callback_datasets: dict[str, str] = Field(
+    logp_callback_datasets: dict[str, FileId] = Field(
         default_factory=dict, description="Name → file ID of datasets whose loss/log-probability is tracked."
     )
     eval_every_n_steps: int = Field(5000, description="Evaluate logp_callback_datasets every N steps.")
@@ -192,6 +194,7 @@ class TrainingConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_files_match_loss(self) -> TrainingConfig:
+        # OpenWeights' rule: the training file's purpose must fit the loss.
         purpose = self.training_file.split(":", 1)[0]
         if self.loss in CONVERSATION_LOSSES and purpose != "conversations":
             raise ValueError(

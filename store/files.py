@@ -1,7 +1,6 @@
 """Content-addressed files: same bytes → same ID, stored once.
 
-A file ID has OpenWeights' form ``<purpose>:file-<sha256 hex>``, but with the whole 256-bit
-digest (OpenWeights keeps 12 hex digits, where collisions become plausible at scale).
+A file ID has OpenWeights' form ``<purpose>:file-<sha256 hex>`` (see :mod:`jobs.file_ids`).
 Layout in the artifact store::
 
     files/<sha256>/content           the bytes, shared by every purpose
@@ -24,10 +23,8 @@ from typing import IO
 from pydantic import BaseModel, Field
 
 from jobs.datasets import validate_lines
+from jobs.file_ids import PURPOSE_PATTERN, is_file_id, make_file_id, parse_file_id  # noqa: F401 - re-exported
 from store.artifact_store import ArtifactStore
-
-PURPOSE_PATTERN = r"[a-z][a-z0-9_]*"
-FILE_ID_RE = re.compile(rf"^(?P<purpose>{PURPOSE_PATTERN}):file-(?P<digest>[0-9a-f]{{64}})$")
 
 
 class FileRecord(BaseModel):
@@ -45,25 +42,6 @@ class FileRecord(BaseModel):
 
 class UnknownFileError(LookupError):
     """A file ID that does not name a stored file."""
-
-
-def make_file_id(purpose: str, digest: str) -> str:
-    return f"{purpose}:file-{digest}"
-
-
-def parse_file_id(file_id: str) -> tuple[str, str]:
-    """``(purpose, sha256)`` of a well-formed file ID; ValueError otherwise."""
-    match = FILE_ID_RE.match(file_id or "")
-    if not match:
-        raise ValueError(
-            f"{file_id!r} is not a file ID; expected <purpose>:file-<64 hex digits> "
-            "as printed by `ow files upload`"
-        )
-    return match["purpose"], match["digest"]
-
-
-def is_file_id(value: str) -> bool:
-    return bool(FILE_ID_RE.match(value or ""))
 
 
 def content_key(digest: str) -> str:

@@ -2,7 +2,12 @@
 
 import pytest
 
-from compute.vram import ModelShape, estimate_inference_vram_gb, estimate_training_vram_gb, estimate_training_vram_gb_for_shape
+from compute.vram import (
+    ModelShape,
+    estimate_inference_vram_gb,
+    estimate_training_vram_gb,
+    estimate_training_vram_gb_for_shape,
+)
 from jobs.finetune import TrainingConfig
 
 LORA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

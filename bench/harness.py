@@ -1,0 +1,91 @@
+"""Shared set-up for the benchmarks: an isolated embedded default (own server, workers, store).
+
+Each benchmark imports this module *first*: it points Prefect at a fresh home and a free port
+before Prefect is imported, exactly as the test suite does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from infra import local_stack  # noqa: E402
+
+HOME = Path(tempfile.mkdtemp(prefix="ow-bench-"))
+PORT = local_stack.free_port()
+os.environ.update(
+    {
+        "OW_HOME": str(HOME / "ow"),
+        "PREFECT_HOME": str(HOME / "prefect-client"),
+        "PREFECT_API_URL": local_stack.api_url(PORT),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def embedded_stack():
+    """Server + store block + pools + control and GPU workers + deployments; torn down after."""
+    processes = [local_stack.start_server(HOME / "prefect-server", PORT, HOME / "logs" / "server.log", ui=False)]
+    try:
+        local_stack.wait_healthy(os.environ["PREFECT_API_URL"], timeout=120, process=processes[0])
+        from blocks.storage import load_store_block
+
+        load_store_block()
+        env = local_stack.worker_env()
+        for pool, name in ((local_stack.CONTROL_POOL, "control"), (local_stack.GPU_POOL, "gpu")):
+            local_stack.ensure_process_pool(pool)
+            processes.append(local_stack.start_worker(pool, "process", HOME / "logs" / f"worker-{name}.log", env=env))
+        local_stack.deploy_project(env=env)
+        yield
+    finally:
+        for process in reversed(processes):
+            local_stack.stop_process(process.pid)
+
+
+def submit_and_wait(deployment: str, parameters: dict, timeout: float = 3600):
+    """Create a flow run as `prefect deployment run` does; returns (run, seconds to a final state)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        found = client.read_deployment_by_name(deployment)
+        started = time.monotonic()
+        run = client.create_flow_run_from_deployment(found.id, parameters=parameters)
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(run.id)
+            if run.state is not None and run.state.is_final():
+                return run, time.monotonic() - started
+            time.sleep(0.05)
+    raise TimeoutError(f"{deployment} did not finish within {timeout}s")
+
+
+def run_plain_trl(model_dir: Path, data_path: Path, settings: dict, output_dir: Path) -> dict:
+    """The baseline: bench/plain_trl_sft.py in its own process; returns its report plus wall time."""
+    command = [sys.executable, str(ROOT / "bench" / "plain_trl_sft.py"), str(model_dir), str(data_path), str(output_dir), json.dumps(settings)]
+    started = time.monotonic()
+    completed = subprocess.run(command, capture_output=True, text=True, check=True)
+    wall = time.monotonic() - started
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    return {**report, "wall_seconds": wall}
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

@@ -12,14 +12,9 @@ from prefect.states import Cancelling
 from tests.model_loss import mean_response_loss, read_rows
 
 
-@pytest.fixture(scope="module")
-def trained(ow_stack, sft_params):
-    """One SFT job run through the `finetune/sft` deployment, shared by the tests below."""
-    run = ow_stack.run("finetune/sft", sft_params())
-    assert run.state.type == StateType.COMPLETED, run.state.message
-    job_id = ow_stack.job_id_of(run)
-    record = ow_stack.store.read_json(f"jobs/{job_id}/result.json")
-    return run, job_id, record
+@pytest.fixture
+def trained(trained_sft):
+    return trained_sft
 
 
 def test_sft_deployment_stores_an_adapter_that_lowers_the_loss(ow_stack, trained, tiny_model_dir, conversations_path, tmp_path):

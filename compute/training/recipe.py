@@ -17,7 +17,12 @@ from typing import Any
 
 from compute.backend import BackendChoice, select_backend
 from compute.reporting import LoggingReporter, Reporter
-from compute.training.callbacks import CheckpointSyncCallback, ReportingCallback
+from compute.training.callbacks import (
+    CheckpointSyncCallback,
+    LogProbabilityCallback,
+    ReportingCallback,
+    SamplingCallback,
+)
 from compute.training.checkpoints import CheckpointStore
 from jobs.finetune import TrainingConfig
 from jobs.model_refs import ResolvedModel
@@ -38,6 +43,8 @@ class FinetuneInputs:
     backend: BackendChoice | None = None
     hf_token: str | None = None
     output_model_name: str | None = None
+    logp_paths: dict[str, Path] = field(default_factory=dict)  # logp_callback_datasets, local copies
+    sampling_paths: list[Path] = field(default_factory=list)  # one per sampling callback
 
     @property
     def job_prefix(self) -> str:
@@ -85,6 +92,7 @@ class FinetuneRecipe:
         callbacks = [
             self.reporting,
             CheckpointSyncCallback(self.checkpoints, self.inputs.reporter, self.config.checkpoint_interval_minutes),
+            *self._evaluation_callbacks(),
         ]
         self.trainer = build_trainer(
             self.config,
@@ -96,6 +104,10 @@ class FinetuneRecipe:
             backend.device,
             callbacks,
         )
+        from transformers import PrinterCallback
+
+        # Our reporter logs every metric already; the Trainer's printer would repeat them.
+        self.trainer.remove_callback(PrinterCallback)
         step = self.checkpoints.latest_complete()
         if step is not None:
             self.resume_dir = self.checkpoints.download(step, self.inputs.work_dir / "resume")
@@ -145,6 +157,41 @@ class FinetuneRecipe:
 
     # -- helpers ----------------------------------------------------------------------------
 
+    def _evaluation_callbacks(self) -> list:
+        from compute.training.examples import sft_examples
+
+        tokenizer = self.loaded.tokenizer
+        callbacks = []
+        if self.inputs.logp_paths:
+            datasets = {}
+            for name, path in self.inputs.logp_paths.items():
+                rows = [_as_conversation(row) for row in read_jsonl(path)]
+                datasets[name] = sft_examples(tokenizer, rows, responses_only=True, max_length=self.config.max_seq_length)
+            callbacks.append(
+                LogProbabilityCallback(
+                    datasets,
+                    self.config.eval_every_n_steps,
+                    self.config.eval_batch_size,
+                    self.inputs.reporter,
+                    tokenizer.pad_token_id,
+                )
+            )
+        for callback_config, path in zip(self.config.sampling_callbacks or [], self.inputs.sampling_paths, strict=True):
+            prompts = [_generation_prompt(tokenizer, row) for row in read_jsonl(path)]
+            callbacks.append(
+                SamplingCallback(
+                    [prompt for prompt in prompts if prompt is not None],
+                    callback_config.eval_steps,
+                    callback_config.tag,
+                    callback_config.temperature,
+                    callback_config.max_tokens,
+                    callback_config.batch_size,
+                    self.inputs.reporter,
+                    tokenizer,
+                )
+            )
+        return callbacks
+
     def _portable_base_reference(self, model) -> None:
         """Record the model *reference* (hub ID, job ID, URI) as the adapter's base, not a
         machine-local cache path, so the adapter can be loaded on another machine."""
@@ -193,6 +240,27 @@ class FinetuneRecipe:
             metrics["train_runtime"] = runtime
             metrics["train_tokens_per_second"] = metrics["num_input_tokens_seen"] / runtime if runtime else None
         return metrics
+
+
+def _as_conversation(row: dict) -> dict:
+    """Preference rows are tracked on their chosen answer."""
+    if "prompt" in row and "chosen" in row:
+        return {"messages": row["prompt"] + row["chosen"]}
+    return row
+
+
+def _generation_prompt(tokenizer, row: dict) -> str | None:
+    """The rendered prompt of a conversations row: everything before its last assistant turn."""
+    from compute.training.examples import normalise_messages
+
+    if "text" in row:
+        return row["text"]
+    messages = normalise_messages(row["prompt"] if "prompt" in row else row["messages"])
+    while messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    if not messages:
+        return None
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def run_finetune(config: TrainingConfig, inputs: FinetuneInputs) -> FinetuneOutputs:

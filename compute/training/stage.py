@@ -18,6 +18,8 @@ def run_finetune_stage(config: TrainingConfig, context: StageContext) -> StageRe
         reporter=context.reporter,
         hf_token=context.secrets.get("hf-token"),
         output_model_name=config.output_model_name(job_id=context.job_id, org_id="ow"),
+        logp_paths={name: context.local_file(file_id) for name, file_id in config.logp_callback_datasets.items()},
+        sampling_paths=[context.local_file(callback.dataset) for callback in config.sampling_callbacks or []],
     )
     result = run_finetune(config, inputs)
     # Checkpoints exist to survive a lost pod; once the final adapter is stored they are dead weight.

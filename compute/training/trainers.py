@@ -75,8 +75,6 @@ def common_arguments(config: TrainingConfig, output_dir: Path, device: str, has_
         "bf16": bf16,
         "fp16": device == "cuda" and not bf16,
         "use_cpu": device != "cuda",
-        # Counted so throughput (tokens/s) can be compared with other ways of training.
-        "include_num_input_tokens_seen": "non_padding",
     }
     if eval_strategy == "steps":
         arguments["eval_steps"] = config.test_file_eval_steps or config.logging_steps
@@ -108,7 +106,13 @@ def build_trainer(
             raise ValueError("training_file: no row has a token to train on (check max_seq_length and the assistant turns)")
         return SFTTrainer(
             model=model,
-            args=SFTConfig(**arguments, max_length=config.max_seq_length, packing=config.packing),
+            # Tokens are counted so throughput (tokens/s) can be compared with other ways of training.
+            args=SFTConfig(
+                **arguments,
+                max_length=config.max_seq_length,
+                packing=config.packing,
+                include_num_input_tokens_seen="non_padding",
+            ),
             train_dataset=train_dataset,
             eval_dataset=prepare(eval_rows) if eval_rows else None,
             processing_class=tokenizer,

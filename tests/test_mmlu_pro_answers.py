@@ -23,6 +23,9 @@ from compute.evals.mmlu_pro import extract_answer
         ("The correct choice is (C)", "C"),
         ("The answer is **(C)**.", "C"),
         ("**Answer:** C", "C"),
+        ("Answer: $C$", "C"),
+        ("The answer is *(B)*", "B"),
+        ("*C*", "C"),
         ("So $\\boxed{C}$", "C"),
         ("\\boxed{\\text{C}}", "C"),
         # bare letters

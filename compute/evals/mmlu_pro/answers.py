@@ -1,6 +1,6 @@
 """Reading the chosen option letter out of a model's free-text answer.
 
-The prompts ask for "The answer is (X)"; models also write "answer: C", "**C**", "(c)", "C. 42",
+The prompts ask for "The answer is (X)"; models also write "answer: C", "**C**", "$C$", "(c)", "C. 42",
 "\\boxed{C}" or only "C". ``extract_answer`` accepts those and returns None for anything else, so
 an unreadable answer is counted as unparsable rather than guessed. Unlike MMLU-Pro's reference
 scripts it does not fall back to "the last capital letter in the text" (the words "A" and "I" make
@@ -21,7 +21,8 @@ from compute.evals.mmlu_pro.dataset import LETTERS, MAX_OPTIONS
 # A base model given a few-shot text prompt tends to go on with the next "Question:" block, whose
 # own (invented) answer must not be read as the answer to this one.
 _NEXT_QUESTION = re.compile(r"\n\s*Question\s*:")
-_EMPHASIS = re.compile(r"\*\*|__")
+# Markdown emphasis and TeX math delimiters around a letter ("**C**", "*C*", "$C$") carry no meaning here.
+_DECORATION = re.compile(r"\*+|__|\$")
 
 
 @lru_cache(maxsize=MAX_OPTIONS)
@@ -56,13 +57,13 @@ def _first_group(match: re.Match[str]) -> str:
 
 
 def normalize_reply(reply: str) -> str:
-    """The part of a reply that states the answer: after any reasoning block, before a next question, no bold."""
+    """The part of a reply that states the answer: after any reasoning block, before a next question, undecorated."""
     if "</think>" in reply:
         reply = reply.rsplit("</think>", 1)[1]
     next_question = _NEXT_QUESTION.search(reply)
     if next_question:
         reply = reply[: next_question.start()]
-    return _EMPHASIS.sub("", reply).strip()
+    return _DECORATION.sub("", reply).strip()
 
 
 def extract_answer(reply: str, num_options: int = MAX_OPTIONS) -> str | None:

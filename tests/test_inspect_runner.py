@@ -47,6 +47,28 @@ def test_task_file_lists_its_tasks_and_their_parameters():
     assert tasks["arithmetic_exact"].required == ("count",)
 
 
+def test_task_signatures_are_read_from_the_syntax_tree(tmp_path):
+    path = tmp_path / "tasks.py"
+    path.write_text(
+        "from inspect_ai import task\n"
+        "import missing_module_is_fine_since_the_file_is_not_executed\n\n"
+        "@task\ndef full(x, /, y=1, *, z, w=None, **kw): ...\n\n"
+        "@task()\ndef bare(): ...\n\n"
+        "@task(name='renamed')\ndef original(n: int = 2): ...\n\n"
+        "@solver\ndef not_a_task(): ...\n\n"
+        "def plain(): ...\n"
+    )
+    tasks = tasks_in_file(path)
+    assert list(tasks) == ["full", "bare", "renamed"]
+    assert (tasks["full"].params, tasks["full"].required, tasks["full"].accepts_any) == (
+        ("x", "y", "z", "w"), ("x", "z"), True
+    )
+    assert (tasks["bare"].params, tasks["bare"].required, tasks["bare"].accepts_any) == ((), (), False)
+    assert tasks["renamed"].params == ("n",)
+    accepted = resolve_inspect_task(parse_eval_name(f"{path}@full"), task_args={"x": 1, "z": 2, "anything": 3})
+    assert accepted.task_args == {"x": 1, "z": 2, "anything": 3}
+
+
 def test_file_reference_resolves_to_absolute_specs():
     one = resolve_inspect_task(parse_eval_name(f"{TASK_FILE}@arithmetic"), task_args={"count": 2})
     assert one.source == "file" and one.task_names == ("arithmetic",)
@@ -94,7 +116,7 @@ def installed_task_package(tmp_path, monkeypatch):
         "from inspect_ai.dataset import Sample\n"
         "from inspect_ai.scorer import match\n\n"
         "@task\n"
-        "def echo(word: str = 'hi', **extra) -> Task:\n"
+        "def echo(word: str = 'hi') -> Task:\n"
         "    return Task(dataset=[Sample(input=word, target=word)], scorer=match())\n"
     )
     dist = site / "ow_test_inspect_pkg-0.1.0.dist-info"
@@ -106,8 +128,10 @@ def installed_task_package(tmp_path, monkeypatch):
 
 
 def test_registry_name_of_an_installed_package_resolves(installed_task_package):
-    resolved = resolve_inspect_task(parse_eval_name(f"{installed_task_package}/echo"), task_args={"word": "x", "k": 1})
+    resolved = resolve_inspect_task(parse_eval_name(f"{installed_task_package}/echo"), task_args={"word": "x"})
     assert resolved.source == "registry" and resolved.specs == (f"{installed_task_package}/echo",)
+    with pytest.raises(InspectTaskError, match=r"task_args \['wrd'\] are not parameters .* it accepts \['word'\]"):
+        resolve_inspect_task(parse_eval_name(f"{installed_task_package}/echo"), task_args={"wrd": "x"})
     with pytest.raises(InspectTaskError, match=r"has no task named 'ech'; its tasks: ow_test_inspect_pkg/echo"):
         resolve_inspect_task(parse_eval_name(f"{installed_task_package}/ech"))
 

@@ -69,13 +69,18 @@ def test_callbacks_eval_and_events_show_up_in_the_flow_run(ow_stack, sft_params,
 
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-    with get_client(sync_client=True) as client:
-        page = client.read_events(
-            EventFilter(event=EventNameFilter(prefix=["ow.job."]), resource=EventResourceFilter(id=[f"ow.job.{job_id}"])),
-            limit=50,
-        )
-    names = {event.event for event in page.events}
-    assert {"ow.job.started", "ow.job.checkpoint.saved", "ow.job.completed"} <= names
+    wanted = {"ow.job.started", "ow.job.checkpoint.saved", "ow.job.completed"}
+    deadline = time.monotonic() + 60  # the server persists events asynchronously
+    names: set[str] = set()
+    while not wanted <= names and time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            page = client.read_events(
+                EventFilter(event=EventNameFilter(prefix=["ow.job."]), resource=EventResourceFilter(id=[f"ow.job.{job_id}"])),
+                limit=50,
+            )
+        names = {event.event for event in page.events}
+        time.sleep(1)
+    assert wanted <= names
 
 
 def test_killed_training_resumes_from_its_last_checkpoint(ow_stack, sft_params):

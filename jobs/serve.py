@@ -19,6 +19,9 @@ Pure pydantic (no torch): imported by the control tier and the Prefect UI form.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from jobs.inference import check_model_reference, check_vllm_option
@@ -106,3 +109,16 @@ class ServeConfig(BaseModel):
     def served_model_names(self) -> list[str]:
         """The names clients use in the ``model`` field: the base model first, then each adapter."""
         return [self.model, *self.lora_adapters]
+
+    def ordered_adapter_paths(self, adapter_paths: Mapping[str, str | Path]) -> dict[str, Path]:
+        """Local adapter directories in ``lora_adapters`` order; each adapter needs one, and nothing else may have one."""
+        missing = [name for name in self.lora_adapters if name not in adapter_paths]
+        extra = [name for name in adapter_paths if name not in self.lora_adapters]
+        if missing or extra:
+            details = []
+            if missing:
+                details.append(f"no local path for {', '.join(map(repr, missing))}")
+            if extra:
+                details.append(f"{', '.join(map(repr, extra))} not in lora_adapters")
+            raise ValueError("adapter paths do not match lora_adapters: " + "; ".join(details))
+        return {name: Path(adapter_paths[name]) for name in self.lora_adapters}

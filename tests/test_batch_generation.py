@@ -152,7 +152,7 @@ def test_run_inference_writes_completions_from_the_config(tiny_model_dir, prompt
 
 
 def test_a_lora_adapter_changes_the_greedy_completions(tiny_model_dir, tiny_lora_adapters, prompts_path, tmp_path):
-    adapter = tiny_lora_adapters["tiny-lora-a"]
+    adapter = tiny_lora_adapters["tests/tiny-lora-a"]
     base = run_inference(config(), ResolvedModel(str(tiny_model_dir)), prompts_path, tmp_path / "base.jsonl", backend=CPU)
     tuned = run_inference(
         config(), ResolvedModel(str(tiny_model_dir), adapter_path=str(adapter)), prompts_path, tmp_path / "lora.jsonl", backend=CPU

@@ -22,15 +22,22 @@ class ChatTemplateMissingError(ValueError):
     """Chat prompts for a tokenizer without a chat template."""
 
 
-def encode_chat(tokenizer: Any, messages: Sequence[dict[str, str]], prefill: str = "") -> list[int]:
-    """Token IDs of a chat prompt; a final assistant message is continued (and replaces ``prefill``)."""
+def encode_chat(
+    tokenizer: Any, messages: Sequence[dict[str, str]], prefill: str = "", *, continue_final_message: bool = True
+) -> list[int]:
+    """Token IDs of a chat prompt, ending in the generation prompt and ``prefill``.
+
+    With ``continue_final_message`` (the batch job's rule, as in OpenWeights) a final assistant
+    message is continued instead: its content replaces ``prefill``. Without it (the OpenAI API's
+    rule), a final assistant message is a finished turn and a new answer follows it.
+    """
     if not getattr(tokenizer, "chat_template", None):
         raise ChatTemplateMissingError(
             "the model's tokenizer has no chat template, so chat ('messages') prompts cannot be rendered; "
             "send base-model prompts as {'text': ...} rows or /v1/completions requests"
         )
     messages = list(messages)
-    if messages and messages[-1]["role"] == "assistant":
+    if continue_final_message and messages and messages[-1]["role"] == "assistant":
         messages, prefill = messages[:-1], messages[-1]["content"]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return list(tokenizer(rendered + prefill, add_special_tokens=False)["input_ids"])

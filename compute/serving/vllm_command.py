@@ -47,7 +47,7 @@ def build_vllm_serve_command(
         raise ValueError(f"port must be between 1 and 65535, got {port}")
     if tensor_parallel_size < 1:
         raise ValueError(f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}")
-    adapters = ordered_adapter_paths(config, adapter_paths)
+    adapters = config.ordered_adapter_paths(adapter_paths)
     argv = [
         *executable,
         "serve",
@@ -92,20 +92,6 @@ def vllm_serve_environment(api_key: str, base_env: Mapping[str, str] | None = No
     env = dict(os.environ if base_env is None else base_env)
     env[API_KEY_VARIABLE] = api_key
     return env
-
-
-def ordered_adapter_paths(config: ServeConfig, adapter_paths: Mapping[str, str | Path]) -> dict[str, Path]:
-    """``adapter_paths`` in ``config.lora_adapters`` order; every configured adapter needs a path, and nothing else may have one."""
-    missing = [name for name in config.lora_adapters if name not in adapter_paths]
-    extra = [name for name in adapter_paths if name not in config.lora_adapters]
-    if missing or extra:
-        details = []
-        if missing:
-            details.append(f"no local path for {', '.join(map(repr, missing))}")
-        if extra:
-            details.append(f"{', '.join(map(repr, extra))} not in lora_adapters")
-        raise ValueError("adapter paths do not match lora_adapters: " + "; ".join(details))
-    return {name: Path(adapter_paths[name]) for name in config.lora_adapters}
 
 
 def max_lora_rank(config: ServeConfig, adapters: Mapping[str, Path]) -> int:

@@ -3,6 +3,7 @@
 import json
 import secrets
 import socket
+import threading
 import time
 
 import httpx
@@ -237,6 +238,24 @@ def test_only_authenticated_requests_count_as_activity(served, client):
     assert served.shutdown_reason() is None
 
 
+def test_a_request_in_flight_keeps_the_server_from_being_idle(served, client):
+    worker = threading.Thread(
+        target=client.chat.completions.create,
+        kwargs={"model": A, "messages": QUESTION, "max_tokens": 400, "temperature": 0, "extra_body": {"min_tokens": 400}},
+    )
+    worker.start()
+    deadline = time.monotonic() + 30
+    while served.in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert served.in_flight == 1
+    far_future = time.time() + served.config.idle_timeout_seconds + 1
+    assert served.idle_seconds() == 0.0
+    assert served.shutdown_reason(now=far_future) is None
+    worker.join()
+    assert served.in_flight == 0
+    assert served.shutdown_reason(now=time.time() + served.config.idle_timeout_seconds + 1) == "idle"
+
+
 def test_stopping_the_server_closes_the_port(tiny_model_dir):
     server = TransformersOpenAIServer(ServeConfig(model="org/tiny"), model_path=tiny_model_dir, api_key="token").start()
     port = server.port
@@ -247,6 +266,11 @@ def test_stopping_the_server_closes_the_port(tiny_model_dir):
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
     assert not server.running
+
+
+def test_vllm_only_options_are_refused_by_the_transformers_server(tiny_model_dir):
+    with pytest.raises(ValueError, match=r"quantization='fp8' is a vLLM option"):
+        TransformersOpenAIServer(ServeConfig(model="org/tiny", quantization="fp8"), model_path=tiny_model_dir, api_key="t")
 
 
 def test_adapter_paths_must_match_the_config(tiny_model_dir, tiny_lora_adapters):
@@ -274,3 +298,9 @@ def test_shutdown_reason_follows_the_idle_and_hard_timeouts(now, started, active
         shutdown_reason(now=now, started_at=started, last_activity=active, idle_timeout_seconds=60, hard_timeout_seconds=1000)
         == reason
     )
+
+
+def test_a_long_request_is_never_idle_but_still_meets_the_hard_timeout():
+    timeouts = {"idle_timeout_seconds": 60, "hard_timeout_seconds": 1000}
+    assert shutdown_reason(now=500, started_at=100, last_activity=110, busy=True, **timeouts) is None
+    assert shutdown_reason(now=1100, started_at=100, last_activity=110, busy=True, **timeouts) == "hard_timeout"

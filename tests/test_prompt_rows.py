@@ -134,6 +134,11 @@ def test_a_final_assistant_message_is_continued_instead_of_the_prefill(tokenizer
     assert tokenizer.decode(ids).endswith("<|start_header_id|>assistant<|end_header_id|>\n\nIt is")
 
 
+def test_without_continuation_a_final_assistant_message_is_a_finished_turn(tokenizer):
+    ids = encode_chat(tokenizer, [USER, {"role": "assistant", "content": "4."}], continue_final_message=False)
+    assert tokenizer.decode(ids).endswith("4.<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
 def test_text_prompt_starts_with_one_bos(tokenizer):
     assert tokenizer.decode(encode_text(tokenizer, "2 plus 2 is")) == "<|begin_of_text|>2 plus 2 is"
     assert tokenizer.decode(encode_text(tokenizer, "<|begin_of_text|>2 plus")) == "<|begin_of_text|>2 plus"

@@ -23,22 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compute.generation.completions import (
-    Completion,
-    FinishReason,
-    TokenLogprob,
-    TopLogprob,
-    find_stop,
-    stop_holdback,
-)
+from compute.generation.completions import Completion, FinishReason, find_stop, stop_holdback
 from compute.generation.context_length import completion_budget, effective_max_model_len
+from compute.generation.generate_hooks import LogprobRecorder, StopWhenSet, TokenQueue, seeded
 from compute.generation.sampling import SamplingSettings
 
 logger = logging.getLogger(__name__)
@@ -138,8 +131,8 @@ class TransformersGenerator:
         row_budgets = [budget for budget in budgets for _ in range(settings.n)]
         input_ids, attention_mask = self._left_pad(rows)
         prompt_width = input_ids.shape[1]
-        recorder = _LogprobRecorder(settings.logprobs) if settings.logprobs is not None else None
-        with self._using(adapter), torch.inference_mode(), _seeded(settings.seed, self.device):
+        recorder = LogprobRecorder(settings.logprobs) if settings.logprobs is not None else None
+        with self._using(adapter), torch.inference_mode(), seeded(settings.seed, self.device):
             sequences = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -162,7 +155,7 @@ class TransformersGenerator:
         tokens: list[int],
         budget: int,
         settings: SamplingSettings,
-        recorder: _LogprobRecorder | None,
+        recorder: LogprobRecorder | None,
     ) -> Completion:
         tokens = tokens[:budget]
         finish: FinishReason = "length"
@@ -208,18 +201,18 @@ class TransformersGenerator:
             raise ValueError("log-probabilities are not available while streaming on the transformers backend")
         budget = completion_budget(len(prompt), settings.max_tokens, self.max_model_len)
         input_ids, attention_mask = self._left_pad([list(prompt)])
-        tokens_out = _TokenQueue()
+        tokens_out = TokenQueue()
         cancelled = threading.Event()
 
         def work() -> None:
             try:
-                with self._using(adapter), torch.inference_mode(), _seeded(settings.seed, self.device):
+                with self._using(adapter), torch.inference_mode(), seeded(settings.seed, self.device):
                     self.model.generate(
                         input_ids=input_ids,
                         attention_mask=attention_mask,
                         generation_config=self._generation_config(settings, budget),
                         logits_processor=self._processors(settings, input_ids.shape[1], None),
-                        stopping_criteria=[_StopWhenSet(cancelled)],
+                        stopping_criteria=[StopWhenSet(cancelled)],
                         tokenizer=self.tokenizer if settings.stop else None,
                         streamer=tokens_out,
                     )
@@ -307,7 +300,7 @@ class TransformersGenerator:
             pad_token_id=self.pad_token_id,
         )
 
-    def _processors(self, settings: SamplingSettings, prompt_width: int, recorder: _LogprobRecorder | None):
+    def _processors(self, settings: SamplingSettings, prompt_width: int, recorder: LogprobRecorder | None):
         """Our own processor list, recorder first, so log-probabilities are taken from the raw logits."""
         from transformers import (
             LogitsProcessorList,
@@ -345,107 +338,3 @@ def _eos_token_ids(generation_config: Any, tokenizer: Any) -> list[int]:
     if not ids:
         raise ValueError("the model defines no end-of-sequence token (neither generation_config.json nor the tokenizer)")
     return ids
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: str) -> Iterator[None]:
-    """Seed sampling for this call only (the global RNG state is restored afterwards)."""
-    if seed is None:
-        yield
-        return
-    import torch
-
-    devices = [torch.cuda.current_device()] if device.startswith("cuda") else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-class _LogprobRecorder:
-    """A logits processor that records log-probabilities of the raw logits, step by step.
-
-    At each step it keeps the top-k alternatives and the log-probability vector; the token
-    chosen from that vector is only known at the next step (the last of ``input_ids``), or at
-    the end (:meth:`finish`). So it holds one ``batch × vocab`` tensor, not one per step.
-    """
-
-    def __init__(self, top_k: int):
-        self.top_k = top_k
-        self.chosen: list[Any] = []  # per step: (batch,) log-probability of the chosen token
-        self.top: list[tuple[Any, Any]] = []  # per step: (values, ids), each (batch, k)
-        self._last = None
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        logprobs = torch.log_softmax(scores.float(), dim=-1)
-        if self._last is not None:
-            self.chosen.append(self._last.gather(1, input_ids[:, -1:]).squeeze(1).cpu())
-        if self.top_k:
-            values, ids = logprobs.topk(self.top_k, dim=-1)
-            self.top.append((values.cpu(), ids.cpu()))
-        self._last = logprobs
-        return scores
-
-    def finish(self, last_tokens) -> None:
-        if self._last is not None:
-            self.chosen.append(self._last.gather(1, last_tokens[:, None]).squeeze(1).cpu())
-            self._last = None
-
-    def entries(self, row: int, tokens: Sequence[int], decode) -> tuple[TokenLogprob, ...]:
-        entries = []
-        for step, token in enumerate(tokens):
-            alternatives: tuple[TopLogprob, ...] = ()
-            if self.top_k:
-                values, ids = self.top[step]
-                alternatives = tuple(
-                    TopLogprob(decode(int(alt)), int(alt), float(value))
-                    for value, alt in zip(values[row].tolist(), ids[row].tolist(), strict=True)
-                )
-            entries.append(TokenLogprob(decode(token), token, float(self.chosen[step][row]), alternatives))
-        return tuple(entries)
-
-
-class _StopWhenSet:
-    """A stopping criterion: stop every sequence once ``event`` is set (the consumer went away)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class _TokenQueue:
-    """A transformers streamer that hands generated token IDs to another thread."""
-
-    _END = object()
-
-    def __init__(self):
-        self._queue: queue.Queue = queue.Queue()
-        self._prompt_seen = False
-        self._error: BaseException | None = None
-
-    def put(self, value) -> None:
-        if not self._prompt_seen:  # generate() first sends the prompt
-            self._prompt_seen = True
-            return
-        for token in value.reshape(-1).tolist():
-            self._queue.put(token)
-
-    def end(self) -> None:
-        self._queue.put(self._END)
-
-    def fail(self, error: BaseException) -> None:
-        self._error = error
-
-    def __iter__(self) -> Iterator[int]:
-        while True:
-            item = self._queue.get()
-            if item is self._END:
-                if self._error is not None:
-                    raise self._error
-                return
-            yield item

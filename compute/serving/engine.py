@@ -46,7 +46,9 @@ class ServingEngine:
         self.generator = generator
         self.base_model = base_model
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one generation at a time
+        self._count_lock = threading.Lock()
+        self._in_flight = 0
         self.started_at = clock()
         self.last_activity = self.started_at
 
@@ -56,14 +58,26 @@ class ServingEngine:
         """Record activity now."""
         self.last_activity = self._clock()
 
+    @property
+    def in_flight(self) -> int:
+        """Requests generating or waiting for their turn; while any is, the server is not idle."""
+        return self._in_flight
+
+    def _count(self, change: int) -> None:
+        with self._count_lock:
+            self._in_flight += change
+
     @contextlib.contextmanager
     def _busy(self) -> Iterator[None]:
-        with self._lock:
+        self._count(+1)
+        try:
             self.touch()
-            try:
-                yield
-            finally:
+            with self._lock:
                 self.touch()
+                yield
+        finally:
+            self.touch()
+            self._count(-1)
 
     @property
     def model_names(self) -> list[str]:

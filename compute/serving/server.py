@@ -51,6 +51,12 @@ class TransformersOpenAIServer:
         ``config.lora_adapters`` to its directory. ``port=0`` picks a free port."""
         if not api_key or any(character.isspace() for character in api_key):
             raise ValueError("api_key must be a non-empty token without whitespace")
+        for field in ("quantization", "kv_cache_dtype"):
+            if getattr(config, field) is not None:
+                raise ValueError(
+                    f"{field}={getattr(config, field)!r} is a vLLM option; the transformers server cannot apply it. "
+                    "Unset it, or serve on a CUDA GPU with vllm serve"
+                )
         if not 0 <= port < 65536:
             raise ValueError(f"port must be between 0 and 65535, got {port}")
         self.config = config
@@ -180,8 +186,17 @@ class TransformersOpenAIServer:
         self._require_started()
         return self._engine.last_activity
 
+    @property
+    def in_flight(self) -> int:
+        """Requests being generated or waiting for their turn."""
+        self._require_started()
+        return self._engine.in_flight
+
     def idle_seconds(self, now: float | None = None) -> float:
-        return (time.time() if now is None else now) - self.last_activity
+        """Seconds since the last activity; 0 while a request is in flight."""
+        if self.in_flight:
+            return 0.0
+        return max(0.0, (time.time() if now is None else now) - self.last_activity)
 
     def shutdown_reason(self, now: float | None = None) -> ShutdownReason | None:
         """Why the server should stop now according to its config's timeouts, or None."""
@@ -189,6 +204,7 @@ class TransformersOpenAIServer:
             now=time.time() if now is None else now,
             started_at=self.started_at,
             last_activity=self.last_activity,
+            busy=self.in_flight > 0,
             idle_timeout_seconds=self.config.idle_timeout_seconds,
             hard_timeout_seconds=self.config.hard_timeout_seconds,
         )

@@ -178,6 +178,13 @@ def test_a_prompt_longer_than_the_context_is_reported_with_its_line(tiny_model_d
     assert not (tmp_path / "o.jsonl").exists()
 
 
+def test_a_row_the_chat_template_refuses_is_reported_with_its_line(strict_template_model_dir, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "Hi"}]}, {"messages": [{"role": "system", "content": "Be brief"}]}]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    with pytest.raises(DatasetError, match=r"rows.jsonl, line 2: the chat template cannot render this row: System role not supported"):
+        run_inference(config(), ResolvedModel(str(strict_template_model_dir)), path, tmp_path / "o.jsonl", backend=CPU)
+
+
 def test_vllm_only_options_are_refused_on_the_transformers_backend(tiny_model_dir):
     with pytest.raises(ValueError, match=r"quantization='bitsandbytes' is a vLLM option.*transformers backend on cpu"):
         load_generator(CPU, tiny_model_dir, quantization="bitsandbytes")

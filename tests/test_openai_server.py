@@ -268,6 +268,15 @@ def test_stopping_the_server_closes_the_port(tiny_model_dir):
     assert not server.running
 
 
+def test_messages_the_chat_template_refuses_get_400(strict_template_model_dir):
+    config = ServeConfig(model="org/strict", max_model_len=256)
+    with TransformersOpenAIServer(config, model_path=strict_template_model_dir, api_key="token") as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="token", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="System role not supported"):
+            client.chat.completions.create(model="org/strict", messages=[{"role": "system", "content": "Be brief"}], max_tokens=2)
+        assert client.chat.completions.create(model="org/strict", messages=QUESTION, max_tokens=2).choices
+
+
 def test_vllm_only_options_are_refused_by_the_transformers_server(tiny_model_dir):
     with pytest.raises(ValueError, match=r"quantization='fp8' is a vLLM option"):
         TransformersOpenAIServer(ServeConfig(model="org/tiny", quantization="fp8"), model_path=tiny_model_dir, api_key="t")

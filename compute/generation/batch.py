@@ -30,7 +30,7 @@ from typing import Any
 from compute.backend import BackendChoice, select_backend
 from compute.generation.backends import Generator, load_generator, tokenizer_source
 from compute.generation.completions import Completion
-from compute.generation.prompts import encode_row
+from compute.generation.prompts import ChatTemplateMissingError, encode_row
 from compute.generation.rows import PromptRow, batched, read_prompt_rows, validate_prompt_file
 from compute.generation.sampling import SamplingSettings
 from jobs.datasets import DatasetError
@@ -183,8 +183,10 @@ def _encode(generator: Generator, path: Path, row: PromptRow, prefill: str) -> l
     """The row's prompt tokens; a prompt that cannot fit the context is reported with its line."""
     try:
         ids = encode_row(generator.tokenizer, row, prefill)
-    except ValueError as exc:
+    except ChatTemplateMissingError as exc:
         raise DatasetError(str(path), [(row.line, str(exc))]) from None
+    except Exception as exc:  # noqa: BLE001 - templates raise their own errors, e.g. "roles must alternate"
+        raise DatasetError(str(path), [(row.line, f"the chat template cannot render this row: {exc}")]) from exc
     if len(ids) >= generator.max_model_len:
         raise DatasetError(
             str(path),

@@ -142,6 +142,8 @@ class ServingEngine:
             prompt = encode_chat(self.generator.tokenizer, messages, continue_final_message=request.continue_final_message)
         except ChatTemplateMissingError as exc:
             raise APIError(400, str(exc), param="messages") from None
+        except Exception as exc:  # noqa: BLE001 - templates raise their own errors, e.g. "roles must alternate"
+            raise APIError(400, f"the model's chat template cannot render these messages: {exc}", param="messages") from exc
         max_tokens = self._max_tokens(request.requested_max_tokens, len(prompt), "messages")
         return prompt, request.sampling(max_tokens, request.top_k), adapter
 

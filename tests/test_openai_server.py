@@ -213,6 +213,8 @@ def test_unknown_model_gets_404_naming_the_served_models(client):
         ({"messages": QUESTION, "presence_penalty": 1.0}, "presence_penalty is not supported"),
         ({"messages": QUESTION, "stream": True, "logprobs": True}, "logprobs are not available when streaming"),
         ({"messages": []}, "messages"),
+        ({"messages": QUESTION, "response_format": {"type": "json_object"}}, "response_format other than"),
+        ({"messages": QUESTION, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools is not supported"),
     ],
 )
 def test_bad_requests_get_400_naming_the_field(served, api_key, request_body, message):

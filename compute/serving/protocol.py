@@ -2,9 +2,10 @@
 
 Requests are validated here, so a bad request is answered with a 400 in OpenAI's error format
 (``{"error": {"message", "type", "param", "code"}}``) before any generation starts. Fields the
-official clients send but this server cannot honour are refused when set to a value that would
-change the result (a silently ignored ``presence_penalty`` would be a wrong answer, not a
-degraded one); unknown fields are ignored, as OpenAI-compatible servers commonly do.
+official clients send but this server cannot honour (penalties, logit bias, tools, structured
+output) are refused when set to a value that would change the result: silently ignoring them
+would give a wrong answer, not a degraded one. Other unknown fields are ignored, as
+OpenAI-compatible servers commonly do.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class StreamOptions(BaseModel):
 class _SamplingRequest(BaseModel):
     """Fields chat and text completions share."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # kept only to refuse features that would change the answer
 
     model: str
     temperature: float | None = Field(None, ge=0, le=2)
@@ -102,6 +103,13 @@ class _SamplingRequest(BaseModel):
                 raise ValueError(f"{field} is not supported by this server; leave it at 0")
         if self.logit_bias:
             raise ValueError("logit_bias is not supported by this server")
+        extra = self.model_extra or {}
+        for field in ("tools", "functions", "guided_json", "guided_regex", "guided_choice", "structured_outputs"):
+            if extra.get(field):
+                raise ValueError(f"{field} is not supported by this server")
+        response_format = extra.get("response_format")
+        if response_format and (not isinstance(response_format, dict) or response_format.get("type", "text") != "text"):
+            raise ValueError("response_format other than {'type': 'text'} is not supported by this server")
         return self
 
     def sampling(self, max_tokens: int, logprobs: int | None) -> SamplingSettings:

@@ -22,3 +22,19 @@ def load_secrets(names: Iterable[str]) -> dict[str, str]:
         if isinstance(value, str) and value:
             values[name] = value
     return values
+
+
+def save_secret(name: str, value: str) -> None:
+    """Store a value a client will need (e.g. an API deployment's token) as a Secret block."""
+    Secret(value=value).save(name, overwrite=True)
+
+
+def delete_secret(name: str) -> None:
+    try:
+        Secret.delete(name)
+    except ValueError:
+        pass  # already gone
+
+
+def read_secret(name: str) -> str:
+    return Secret.load(name).get()

@@ -26,6 +26,9 @@ class Reporter(Protocol):
     def event(self, name: str, payload: dict[str, Any]) -> None:
         """Something automations may react to (``checkpoint.saved``, …)."""
 
+    def link(self, name: str, url: str, description: str = "") -> None:
+        """A URL the user should be able to click (an endpoint, an output)."""
+
     def log(self, message: str) -> None:
         """A line for the job's log."""
 
@@ -49,6 +52,9 @@ class LoggingReporter:
 
     def event(self, name: str, payload: dict[str, Any]) -> None:
         self._log.info("event %s %s", name, payload)
+
+    def link(self, name: str, url: str, description: str = "") -> None:
+        self._log.info("%s: %s", name, url)
 
     def log(self, message: str) -> None:
         self._log.info(message)

@@ -7,12 +7,13 @@ calls the job type's stage function with the validated parameters; the function 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from compute.reporting import LoggingReporter, Reporter
-from jobs.model_refs import ResolvedModel, resolve_model
+from jobs.model_refs import ResolvedModel, resolve_adapter, resolve_model
 from store.artifact_store import ArtifactStore
 from store.files import download_file
 
@@ -25,6 +26,11 @@ class StageContext:
     cache_dir: Path  # content-addressed downloads shared by jobs on this machine
     reporter: Reporter = field(default_factory=LoggingReporter)
     secrets: dict[str, str] = field(default_factory=dict)
+    pod_id: str | None = None  # set when the stage runs in a RunPod pod (public URLs go through its proxy)
+    # Where a stage keeps a secret it creates (e.g. an API token) for clients to read; Prefect
+    # Secret blocks in the GPU-stage flow, a dict in scripts and tests.
+    save_secret: Callable[[str, str], None] = field(default=lambda name, value: None)
+    delete_secret: Callable[[str], None] = field(default=lambda name: None)
 
     @property
     def job_prefix(self) -> str:
@@ -37,6 +43,10 @@ class StageContext:
     def local_model(self, reference: str) -> ResolvedModel:
         """Local directories for a model reference (hub ID, path, job ID, artifact URI)."""
         return resolve_model(reference, self.store, self.cache_dir)
+
+    def local_adapter(self, reference: str) -> str:
+        """The local directory of the LoRA adapter a reference names (to serve it on its base)."""
+        return resolve_adapter(reference, self.store, self.cache_dir)
 
 
 @dataclass

@@ -11,6 +11,7 @@ store always describes complete outputs.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from blocks.secrets import load_secrets
+from blocks.secrets import delete_secret, load_secrets, save_secret
 from blocks.storage import load_store_block, ow_home
 from jobs.records import JobRecord, result_key
 from jobs.registry import get_job_spec
@@ -48,6 +49,9 @@ def gpu_stage(job_type: str, job_id: str, params: dict[str, Any], store_block: s
         cache_dir=ow_home() / "cache",
         reporter=reporter,
         secrets=load_secrets(spec.secrets),
+        pod_id=os.environ.get("RUNPOD_POD_ID") or None,
+        save_secret=save_secret,
+        delete_secret=delete_secret,
     )
     started = time.time()
     emit_job_event("started", job_id, job_type, {"flow_run_id": str(flow_run.get_id())})

@@ -33,6 +33,7 @@ from tasks.job_control import (
     job_tag,
     job_type_tag,
     launch_gpu_stage,
+    launch_service_stage,
     validate_parameters,
 )
 from tasks.reporting import artifact_key
@@ -84,7 +85,8 @@ def submit_job(job_type: str, raw_params: dict[str, Any]) -> dict[str, Any]:
     if identity["vram_gb"] is not None:
         job_variables["min_vram_gb"] = identity["vram_gb"]
         logger.info("estimated GPU memory: %.1f GB", identity["vram_gb"])
-    stage = launch_gpu_stage.with_options(result_storage=load_store_block())
+    spec = get_job_spec(job_type)
+    stage = launch_gpu_stage.with_options(result_storage=load_store_block()) if spec.cacheable else launch_service_stage
     state = stage(job_id, job_type, params, job_variables, return_state=True)
     record_dict = state.result()  # raises GpuStageFailed if the stage failed
     cached = state.name == "Cached"

@@ -165,6 +165,33 @@ def read_model_config(value: str, store: ArtifactStore) -> dict | None:
         return None
 
 
+def adapter_base(value: str, store: ArtifactStore) -> str | None:
+    """The base model reference of a LoRA adapter reference; None when it names a plain model.
+
+    Serving needs it before any weights move: one server serves one base model and only its
+    own adapters, and adapters are grouped per base model.
+    """
+    ref = parse_model_ref(value, store)
+    if ref.kind == "job":
+        record = store.read_json(f"jobs/{ref.value}/result.json")
+        return record.get("base_model") if "adapter" in record.get("outputs", {}) else None
+    if ref.kind == "local":
+        config = Path(ref.value) / "adapter_config.json"
+        return json.loads(config.read_text()).get("base_model_name_or_path") if config.exists() else None
+    if ref.kind == "artifact":
+        key = f"{store.key_from_uri(ref.value)}/adapter_config.json"
+        return store.read_json(key).get("base_model_name_or_path") if store.exists(key) else None
+    repo_id, _, revision = ref.value.partition("@")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import EntryNotFoundError
+
+    try:
+        path = hf_hub_download(repo_id, "adapter_config.json", revision=revision or None)
+    except EntryNotFoundError:
+        return None
+    return json.loads(Path(path).read_text()).get("base_model_name_or_path")
+
+
 def resolve_model(value: str, store: ArtifactStore, cache_dir: Path) -> ResolvedModel:
     """Local directories for a reference (downloads from the store into ``cache_dir``)."""
     ref = parse_model_ref(value, store)
@@ -192,6 +219,21 @@ def resolve_model(value: str, store: ArtifactStore, cache_dir: Path) -> Resolved
         parent.merge_adapter_paths.append(parent.adapter_path)
     parent.adapter_path = adapter
     return parent
+
+
+def resolve_adapter(value: str, store: ArtifactStore, cache_dir: Path) -> str:
+    """The local directory of the LoRA adapter a reference names (a job's adapter output, or an
+    adapter directory), for serving it on top of its base model."""
+    ref = parse_model_ref(value, store)
+    if ref.kind == "job":
+        outputs = store.read_json(f"jobs/{ref.value}/result.json").get("outputs", {})
+        if "adapter" not in outputs:
+            raise ModelNotFoundError(f"job {ref.value} produced no LoRA adapter (it trained all weights)")
+        return str(_download_once(store, store.key_from_uri(outputs["adapter"]), cache_dir))
+    resolved = resolve_model(value, store, cache_dir)
+    if resolved.adapter_path is None:
+        raise ModelNotFoundError(f"{value} is not a LoRA adapter (no adapter_config.json)")
+    return resolved.adapter_path
 
 
 def _resolve_directory(path: Path, ref: str, store: ArtifactStore, cache_dir: Path) -> ResolvedModel:

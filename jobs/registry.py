@@ -52,6 +52,9 @@ class JobSpec:
     input_models: Callable[[Any], list[InputModel]] = lambda params: []
     # (params, base model config.json or None) -> GB; drives the RunPod worker's GPU choice
     vram_gb: Callable[[Any, dict | None], float] | None = None
+    # (params, store) -> problems ("field: what is wrong"): checks that need the store, run in the control tier
+    extra_checks: Callable[[Any, Any], list[str]] | None = None
+    # False for services (api/serve): every submission is its own run, never served from cache
     cacheable: bool = True
     id_suffix: Callable[[Any], str | None] = lambda params: None
     secrets: tuple[str, ...] = ()  # Prefect Secret block names the stage may need

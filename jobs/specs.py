@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from jobs.datasets import RowError
 from jobs.finetune import TrainingConfig
+from jobs.inference import InferenceConfig
 from jobs.registry import InputFile, InputModel, JobSpec, register
+from jobs.serve import ServeConfig
 
 # -- fine-tuning ---------------------------------------------------------------------------------
 
@@ -52,5 +54,89 @@ FINETUNE = register(
         id_suffix=lambda config: config.job_id_suffix,
         secrets=("hf-token",),
         description="LoRA fine-tuning (SFT, DPO, ORPO) with OpenWeights' parameters.",
+    )
+)
+
+
+# -- batch inference -----------------------------------------------------------------------------
+
+
+def _inference_input_files(config: InferenceConfig) -> list[InputFile]:
+    from compute.generation.rows import inference_row_check
+
+    return [InputFile("input_file", config.input_file, ("conversations",), inference_row_check(config.prefill))]
+
+
+def _inference_vram_gb(config: InferenceConfig, model_config: dict | None) -> float:
+    from compute.vram import estimate_inference_vram_gb
+
+    return estimate_inference_vram_gb(model_config, config.model, max_model_len=config.max_model_len)
+
+
+INFERENCE = register(
+    JobSpec(
+        job_type="inference",
+        id_prefix="inferencejob",
+        params_model=InferenceConfig,
+        stage="compute.generation.stage:run_inference_stage",
+        code_paths=(
+            "jobs/inference.py",
+            "jobs/model_refs.py",
+            "compute/backend.py",
+            "compute/generation/*.py",
+        ),
+        input_files=_inference_input_files,
+        input_models=lambda config: [InputModel("model", config.model)],
+        vram_gb=_inference_vram_gb,
+        id_suffix=lambda config: config.job_id_suffix,
+        description="Batch inference: completions for every row of a conversations or text JSONL file.",
+    )
+)
+
+
+# -- API deployments -----------------------------------------------------------------------------
+
+
+def _serve_models(config: ServeConfig) -> list[InputModel]:
+    return [InputModel("model", config.model)] + [
+        InputModel(f"lora_adapters[{index}]", adapter) for index, adapter in enumerate(config.lora_adapters)
+    ]
+
+
+def _serve_checks(config: ServeConfig, store) -> list[str]:
+    """Every adapter must be an adapter of ``model``: one server serves one base model."""
+    from jobs.deployments import MixedBaseModelsError, check_adapter_bases
+    from jobs.model_refs import adapter_base
+
+    problems = []
+    if adapter_base(config.model, store) is not None:
+        problems.append(f"model: {config.model!r} is a LoRA adapter; serve its base model and list it in lora_adapters")
+    try:
+        check_adapter_bases(config, {adapter: adapter_base(adapter, store) for adapter in config.lora_adapters})
+    except MixedBaseModelsError as exc:
+        problems.append(f"lora_adapters: {exc}")
+    return problems
+
+
+def _serve_vram_gb(config: ServeConfig, model_config: dict | None) -> float:
+    from compute.vram import estimate_inference_vram_gb
+
+    return estimate_inference_vram_gb(
+        model_config, config.model, max_model_len=config.max_model_len, max_num_seqs=min(config.max_num_seqs, 64)
+    )
+
+
+SERVE = register(
+    JobSpec(
+        job_type="serve",
+        id_prefix="apijob",
+        params_model=ServeConfig,
+        stage="compute.serving.stage:run_serve_stage",
+        code_paths=("jobs/serve.py", "jobs/model_refs.py", "compute/backend.py", "compute/serving/*.py"),
+        input_models=_serve_models,
+        vram_gb=_serve_vram_gb,
+        extra_checks=_serve_checks,
+        cacheable=False,
+        description="An OpenAI-compatible API serving a base model and its LoRA adapters until idle.",
     )
 )

@@ -71,6 +71,8 @@ def check_inputs(spec: JobSpec, params: BaseModel, store: ArtifactStore) -> Chec
             inputs.append(check_model_ref(input_model.reference, store))
         except (ValueError, ModelNotFoundError) as exc:
             problems.append(f"{input_model.field}: {exc}")
+    if not problems and spec.extra_checks is not None:
+        problems.extend(spec.extra_checks(params, store))
     if problems:
         raise InvalidJobError(spec.job_type, problems)
     vram_gb = None

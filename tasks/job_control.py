@@ -11,6 +11,8 @@ resubmission runs it again.
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
 from prefect import task
@@ -26,6 +28,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
+from prefect.states import Cancelling
 
 from blocks.storage import load_artifact_store, store_block_name
 from jobs.records import result_key
@@ -63,7 +66,10 @@ def identify_job(job_type: str, params: dict[str, Any]) -> dict[str, Any]:
     spec = get_job_spec(job_type)
     config = spec.params_model.model_validate(params)
     checked = check_inputs(spec, config, load_artifact_store())
-    return {"job_id": spec.job_id(config, checked.inputs), "vram_gb": checked.vram_gb, "inputs": checked.inputs}
+    job_id = spec.job_id(config, checked.inputs)
+    if not spec.cacheable:  # a service: identical parameters still make a separate deployment
+        job_id = f"{job_id}-{uuid.uuid4().hex[:8]}"
+    return {"job_id": job_id, "vram_gb": checked.vram_gb, "inputs": checked.inputs}
 
 
 def _job_id_cache_key(context, parameters: dict[str, Any]) -> str:
@@ -77,32 +83,60 @@ def _job_id_cache_key(context, parameters: dict[str, Any]) -> str:
     result_serializer="json",
     log_prints=True,
 )
-def launch_gpu_stage(
-    job_id: str,
-    job_type: str,
-    params: dict[str, Any],
-    job_variables: dict[str, Any],
-) -> dict[str, Any]:
+def launch_gpu_stage(job_id: str, job_type: str, params: dict[str, Any], job_variables: dict[str, Any]) -> dict[str, Any]:
     """Run the job's GPU stage (or join the identical one already running) and return its record."""
+    return run_gpu_stage(job_id, job_type, params, job_variables)
+
+
+@task(name="gpu-stage", cache_policy=NO_CACHE, persist_result=False, log_prints=True)
+def launch_service_stage(job_id: str, job_type: str, params: dict[str, Any], job_variables: dict[str, Any]) -> dict[str, Any]:
+    """The GPU stage of a service (never cached: every deployment is its own run)."""
+    return run_gpu_stage(job_id, job_type, params, job_variables)
+
+
+def run_gpu_stage(job_id: str, job_type: str, params: dict[str, Any], job_variables: dict[str, Any]) -> dict[str, Any]:
     deployment = gpu_deployment_name(job_type)
     store_block = store_block_name()
     attempt = _failed_attempts(deployment, job_id)
-    flow_run = run_deployment(
+    stage = run_deployment(
         deployment,
         parameters={"job_type": job_type, "job_id": job_id, "params": params, "store_block": store_block},
         # One GPU run per (job, store, attempt): identical concurrent submissions share it.
         idempotency_key=f"{job_id}:{store_block}:{attempt}",
         job_variables=job_variables,
         tags=[job_tag(job_id), job_type_tag(job_type)],
-        timeout=None,
-        poll_interval=1,
+        timeout=0,
     )
-    state = flow_run.state
-    if state is None or not state.is_completed():
-        status = state.name if state else "unknown"
-        message = (state.message or "").strip() if state else ""
-        raise GpuStageFailed(f"GPU stage {flow_run.name} ({flow_run.id}) ended {status}: {message or 'no message'}")
+    try:
+        stage = _wait_until_final(stage.id)
+    except BaseException:
+        # The control flow was cancelled or crashed: stop paying for the GPU stage too.
+        _cancel_if_running(stage.id)
+        raise
+    state = stage.state
+    if not state.is_completed():
+        message = (state.message or "").strip()
+        raise GpuStageFailed(f"GPU stage {stage.name} ({stage.id}) ended {state.name}: {message or 'no message'}")
     return load_artifact_store().read_json(result_key(job_id))
+
+
+def _wait_until_final(flow_run_id, poll_seconds: float = 1.0):
+    with get_client(sync_client=True) as client:
+        while True:
+            flow_run = client.read_flow_run(flow_run_id)
+            if flow_run.state is not None and flow_run.state.is_final():
+                return flow_run
+            time.sleep(poll_seconds)
+
+
+def _cancel_if_running(flow_run_id) -> None:
+    try:
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(flow_run_id)
+            if flow_run.state is not None and not flow_run.state.is_final():
+                client.set_flow_run_state(flow_run_id, Cancelling(message="its job's control flow stopped"), force=True)
+    except Exception:  # noqa: BLE001 - best effort while already failing; the worker's sweep is the backstop
+        pass
 
 
 def _failed_attempts(deployment_name: str, job_id: str) -> int:

@@ -87,6 +87,9 @@ class PrefectReporter:
     def event(self, name: str, payload: dict[str, Any]) -> None:
         emit_job_event(name, self.job_id, self.job_type, payload)
 
+    def link(self, name: str, url: str, description: str = "") -> None:
+        create_link_artifact(link=url, link_text=description or url, key=artifact_key(self.job_id, name))
+
     def log(self, message: str) -> None:
         self.logger.info(message)
 

@@ -1,0 +1,134 @@
+"""Prefect API helpers the client and the `ow` command line share: submit, find, wait, cancel.
+
+Jobs are found by the tags their flow runs carry: ``ow-job:<job_id>`` and ``ow-type:<type>``
+(set by the control flow once it knows the job's content hash; the GPU stage is created with them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterTags,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import FlowRunSort, LogSort
+from prefect.states import Cancelling
+
+JOB_TAG = "ow-job:"
+TYPE_TAG = "ow-type:"
+GPU_STAGE_FLOW = "gpu-stage"
+
+
+def job_id_of(flow_run: FlowRun) -> str | None:
+    return next((tag[len(JOB_TAG) :] for tag in flow_run.tags if tag.startswith(JOB_TAG)), None)
+
+
+def job_type_of(flow_run: FlowRun) -> str | None:
+    return next((tag[len(TYPE_TAG) :] for tag in flow_run.tags if tag.startswith(TYPE_TAG)), None)
+
+
+def submit(deployment: str, parameters: dict[str, Any], tags: Iterable[str] = ()) -> FlowRun:
+    """Create a flow run of a deployment (what `prefect deployment run` does)."""
+    with get_client(sync_client=True) as client:
+        found = client.read_deployment_by_name(deployment)
+        return client.create_flow_run_from_deployment(found.id, parameters=parameters, tags=list(tags))
+
+
+def read(flow_run_id: UUID) -> FlowRun:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+def wait(flow_run_id: UUID, timeout: float | None = None, poll_seconds: float = 1.0) -> FlowRun:
+    """Poll until the flow run is in a final state; TimeoutError after ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            flow_run = client.read_flow_run(flow_run_id)
+            if flow_run.state is not None and flow_run.state.is_final():
+                return flow_run
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"flow run {flow_run.name} ({flow_run_id}) is still {flow_run.state_name}")
+            time.sleep(poll_seconds)
+
+
+def wait_for_job_id(flow_run_id: UUID, timeout: float = 300, poll_seconds: float = 0.3) -> str:
+    """The job ID of a control flow run, once it has hashed the job (fails if the run fails first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        flow_run = read(flow_run_id)
+        job_id = job_id_of(flow_run)
+        if job_id:
+            return job_id
+        if flow_run.state is not None and flow_run.state.is_final():
+            raise RuntimeError(f"{flow_run.name} ended {flow_run.state_name} before identifying its job: {flow_run.state.message}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{flow_run.name} has not identified its job after {timeout:.0f}s ({flow_run.state_name})")
+        time.sleep(poll_seconds)
+
+
+def cancel(flow_run_id: UUID, message: str = "cancelled by the client") -> bool:
+    """Ask Prefect to cancel a run (its worker stops the process or pod); False if already final."""
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        if flow_run.state is None or flow_run.state.is_final():
+            return False
+        client.set_flow_run_state(flow_run_id, Cancelling(message=message), force=True)
+        return True
+
+
+def job_runs(job_id: str | None = None, job_type: str | None = None, limit: int = 200, gpu_stage: bool | None = None) -> list[FlowRun]:
+    """Flow runs of jobs, newest first; ``gpu_stage`` True/False selects GPU stages or control flows."""
+    tags = [f"{JOB_TAG}{job_id}"] if job_id else []
+    if job_type:
+        tags.append(f"{TYPE_TAG}{job_type}")
+    flow_filter = None
+    with get_client(sync_client=True) as client:
+        if gpu_stage is True:
+            flow_filter = FlowFilter(name=FlowFilterName(any_=[GPU_STAGE_FLOW]))
+        runs = client.read_flow_runs(
+            flow_filter=flow_filter,
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=tags)) if tags else None,
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=limit,
+        )
+        if gpu_stage is False:
+            flows = {run.flow_id for run in runs}
+            names = {flow_id: client.read_flow(flow_id).name for flow_id in flows}
+            runs = [run for run in runs if names[run.flow_id] != GPU_STAGE_FLOW]
+    runs = [run for run in runs if job_id_of(run)] if not job_id else runs
+    return runs
+
+
+def logs(flow_run_ids: Iterable[UUID], limit: int = 1000) -> list[str]:
+    """Log lines of the given flow runs, oldest first."""
+    ids = list(flow_run_ids)
+    if not ids:
+        return []
+    with get_client(sync_client=True) as client:
+        entries = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=limit, sort=LogSort.TIMESTAMP_ASC
+        )
+    return [f"{entry.timestamp:%Y-%m-%d %H:%M:%S} {entry.message}" for entry in entries]
+
+
+def deployment_runs(deployment: str, flow_run_ids: Iterable[UUID]) -> list[FlowRun]:
+    with get_client(sync_client=True) as client:
+        found = client.read_deployment_by_name(deployment)
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(flow_run_ids))),
+        )

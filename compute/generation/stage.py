@@ -1,0 +1,54 @@
+"""The batch-inference job's GPU-stage function: inputs from the store, generation, outputs back."""
+
+from __future__ import annotations
+
+import json
+
+from compute.generation.batch import run_inference
+from compute.stage import StageContext, StageResult
+from jobs.inference import InferenceConfig
+
+PREVIEW_ROWS = 20
+
+
+def run_inference_stage(config: InferenceConfig, context: StageContext) -> StageResult:
+    output_path = context.work_dir / "outputs.jsonl"
+    result = run_inference(
+        config,
+        context.local_model(config.model),
+        context.local_file(config.input_file),
+        output_path,
+        progress=lambda done, total: context.reporter.progress(done, total, "rows"),
+    )
+    uri = context.store.put_file(output_path, f"{context.job_prefix}/outputs.jsonl")
+    context.reporter.table("preview", _preview(output_path), description=f"First {PREVIEW_ROWS} rows of {uri}")
+    return StageResult(
+        outputs={"outputs": uri},
+        metrics={
+            "rows": result.rows,
+            "completions": result.completions,
+            "prompt_tokens": result.prompt_tokens,
+            "generated_tokens": result.generated_tokens,
+            "generation_seconds": round(result.seconds, 3),
+            "tokens_per_second": round(result.tokens_per_second, 2),
+        },
+        details={"backend": result.backend},
+    )
+
+
+def _preview(path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if len(rows) >= PREVIEW_ROWS:
+                break
+            row = json.loads(line)
+            prompt = row.get("text") or (row.get("messages") or [{}])[-1].get("content", "")
+            completion = row["completion"]
+            rows.append(
+                {
+                    "prompt": prompt if isinstance(prompt, str) else json.dumps(prompt),
+                    "completion": completion if isinstance(completion, str) else " | ".join(completion),
+                }
+            )
+    return rows

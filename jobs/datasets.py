@@ -43,6 +43,8 @@ class RowError(ValueError):
 
 RowValidator = Callable[[Any], None]
 _ROW_VALIDATORS: dict[str, RowValidator] = {}
+# Validators that live with the code that reads the format; imported on first use.
+_LAZY_VALIDATORS = {"mmlu_pro": "compute.evals.mmlu_pro.dataset:check_mmlu_pro_row"}
 
 
 def register_row_validator(purpose: str, validator: RowValidator) -> None:
@@ -51,7 +53,16 @@ def register_row_validator(purpose: str, validator: RowValidator) -> None:
 
 
 def validated_purposes() -> list[str]:
-    return sorted(_ROW_VALIDATORS)
+    return sorted(set(_ROW_VALIDATORS) | set(_LAZY_VALIDATORS))
+
+
+def row_validator(purpose: str) -> RowValidator | None:
+    if purpose not in _ROW_VALIDATORS and purpose in _LAZY_VALIDATORS:
+        import importlib
+
+        module, _, name = _LAZY_VALIDATORS[purpose].partition(":")
+        _ROW_VALIDATORS[purpose] = getattr(importlib.import_module(module), name)
+    return _ROW_VALIDATORS.get(purpose)
 
 
 def validate_lines(lines: Iterable[bytes], purpose: str, file: str, extra_check: RowValidator | None = None) -> int:
@@ -61,7 +72,7 @@ def validate_lines(lines: Iterable[bytes], purpose: str, file: str, extra_check:
     than the upload accepted, e.g. assistant turns for response-only training). Raises
     :class:`DatasetError` naming the file and each bad line.
     """
-    validator = _compose(_ROW_VALIDATORS.get(purpose), extra_check)
+    validator = _compose(row_validator(purpose), extra_check)
     problems: list[tuple[int | None, str]] = []
     more = 0
     rows = 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from jobs.datasets import RowError
+from jobs.evals import InspectEvalConfig, MmluProConfig
+from jobs.file_ids import is_file_id
 from jobs.finetune import TrainingConfig
 from jobs.inference import InferenceConfig
 from jobs.registry import InputFile, InputModel, JobSpec, register
@@ -138,5 +140,112 @@ SERVE = register(
         extra_checks=_serve_checks,
         cacheable=False,
         description="An OpenAI-compatible API serving a base model and its LoRA adapters until idle.",
+    )
+)
+
+
+# -- evaluations ---------------------------------------------------------------------------------
+
+
+def _served_model_checks(config, store) -> list[str]:
+    """Evaluations serve ``model`` with ``lora_adapters`` on it: the same rule as api/serve."""
+    return _serve_checks(config, store)
+
+
+def _inspect_input_files(config: InspectEvalConfig) -> list[InputFile]:
+    ref = config.task_ref
+    if ref.file and is_file_id(ref.file):
+        return [InputFile("eval_name", ref.file, (ref.file.split(":", 1)[0],))]
+    return []
+
+
+def _inspect_checks(config: InspectEvalConfig, store) -> list[str]:
+    """The task must exist (and accept task_args) before any model is served."""
+    import tempfile
+    from pathlib import Path
+
+    from compute.evals.inspect_tasks import InspectTaskError, resolve_inspect_task
+    from store.files import download_file
+
+    ref = config.task_ref
+    problems = _served_model_checks(config, store)
+    if ref.file and not is_file_id(ref.file):
+        return problems + [
+            f"eval_name: {ref.file!r} is a local path; upload the task file "
+            "(`ow files upload tasks.py --purpose inspect_task`) and use <file ID>@<task>"
+        ]
+    try:
+        if ref.file:
+            with tempfile.TemporaryDirectory() as directory:
+                local = download_file(store, ref.file, Path(directory))
+                resolve_inspect_task(ref, task_args=config.task_args, local_file=local.rename(local.with_suffix(".py")))
+        else:
+            resolve_inspect_task(ref, task_args=config.task_args)
+    except InspectTaskError as exc:
+        problems.append(f"eval_name: {exc}")
+    return problems
+
+
+def _eval_vram_gb(config, model_config: dict | None) -> float:
+    from compute.vram import estimate_inference_vram_gb
+
+    return estimate_inference_vram_gb(model_config, config.model, max_model_len=config.max_model_len)
+
+
+def _eval_models(config) -> list[InputModel]:
+    return [InputModel("model", config.model)] + [
+        InputModel(f"lora_adapters[{index}]", adapter) for index, adapter in enumerate(config.lora_adapters)
+    ]
+
+
+INSPECT = register(
+    JobSpec(
+        job_type="eval-inspect",
+        id_prefix="inspectjob",
+        params_model=InspectEvalConfig,
+        stage="compute.evals.stage:run_inspect_stage",
+        code_paths=(
+            "jobs/evals.py",
+            "jobs/model_refs.py",
+            "compute/backend.py",
+            "compute/evals/stage.py",
+            "compute/evals/inspect_*.py",
+            "compute/serving/*.py",
+        ),
+        input_files=_inspect_input_files,
+        input_models=_eval_models,
+        vram_gb=_eval_vram_gb,
+        extra_checks=_inspect_checks,
+        description="An inspect-ai evaluation of a model (and its LoRA adapters) served through an OpenAI-compatible API.",
+    )
+)
+
+
+def _mmlu_input_files(config: MmluProConfig) -> list[InputFile]:
+    files = [InputFile("dataset_file", config.dataset_file, ("mmlu_pro",))]
+    if config.fewshot_file:
+        files.append(InputFile("fewshot_file", config.fewshot_file, ("mmlu_pro",)))
+    return files
+
+
+MMLU_PRO = register(
+    JobSpec(
+        job_type="eval-mmlu-pro",
+        id_prefix="mmlujob",
+        params_model=MmluProConfig,
+        stage="compute.evals.stage:run_mmlu_pro_stage",
+        code_paths=(
+            "jobs/evals.py",
+            "jobs/model_refs.py",
+            "compute/backend.py",
+            "compute/evals/stage.py",
+            "compute/evals/mmlu_pro/*.py",
+            "compute/generation/*.py",
+        ),
+        input_files=_mmlu_input_files,
+        input_models=_eval_models,
+        vram_gb=_eval_vram_gb,
+        extra_checks=_served_model_checks,
+        description="MMLU-Pro-style multiple-choice accuracy, per category and overall, of a model and its adapters.",
     )
 )

@@ -8,6 +8,7 @@ publishes (samples, eval results), log lines, and ``ow.job.*`` events automation
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -27,7 +28,8 @@ METRIC_COLUMNS_FIRST = ("step", "loss", "eval_loss", "learning_rate", "grad_norm
 def artifact_key(job_id: str, name: str) -> str:
     """Artifact keys allow lower-case letters, digits and dashes; 12 hex digits tell jobs apart."""
     prefix, _, digest = job_id.partition("-")
-    return f"{prefix}-{digest[:12]}-{name}".lower().replace("_", "-")
+    key = re.sub(r"[^a-z0-9-]+", "-", f"{prefix}-{digest[:12]}-{name}".lower())
+    return re.sub(r"-{2,}", "-", key).strip("-")
 
 
 def emit_job_event(name: str, job_id: str, job_type: str, payload: dict[str, Any] | None = None) -> None:

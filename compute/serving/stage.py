@@ -38,7 +38,7 @@ def run_serve_stage(config: ServeConfig, context: StageContext) -> StageResult:
     secret_name = token_secret_name(context.job_id)
     context.save_secret(secret_name, token)
     host, port = ("0.0.0.0", POD_PORT) if context.pod_id else ("127.0.0.1", 0)
-    server = _make_server(backend.name, config, base.base_path, adapters, token, host, port, context)
+    server = make_server(backend.name, config, base.base_path, adapters, token, host, port, context.work_dir)
     endpoint = {}
     try:
         server.start()
@@ -71,7 +71,8 @@ def run_serve_stage(config: ServeConfig, context: StageContext) -> StageResult:
     )
 
 
-def _make_server(backend: str, config, model_path, adapters, token, host, port, context):
+def make_server(backend: str, config: ServeConfig, model_path, adapters: dict, token: str, host: str, port: int, work_dir):
+    """An OpenAI-compatible server for ``config`` (not started): vLLM's, or ours over transformers."""
     if backend == "vllm":
         from compute.serving.vllm_server import VllmServer
 
@@ -82,7 +83,7 @@ def _make_server(backend: str, config, model_path, adapters, token, host, port, 
             api_key=token,
             host=host,
             port=port or _free_port(),
-            log_path=context.work_dir / "vllm.log",
+            log_path=work_dir / "vllm.log",
         )
     from compute.serving.server import TransformersOpenAIServer
 

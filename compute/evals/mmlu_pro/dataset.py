@@ -265,3 +265,12 @@ def validate_mmlu_pro_file(path: str | Path, *, max_problems: int = 20) -> MmluP
         eval_categories=dict(sorted(eval_categories.items())),
         fewshot_categories=dict(sorted(fewshot_categories.items())),
     )
+
+
+def check_mmlu_pro_row(row: object) -> None:
+    """Row validator for files uploaded with purpose ``mmlu_pro`` (file and line are added by the caller)."""
+    from jobs.datasets import RowError
+
+    _, problems = parse_row(row, line=0)
+    if problems:
+        raise RowError("; ".join(problems))

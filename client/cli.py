@@ -1,6 +1,12 @@
 """The ``ow`` command line.
 
     ow files upload PATH --purpose conversations   # prints the file ID as its last line
+    ow ls [--type finetune] [--status failed]       # jobs with status, type, model, age
+    ow cancel JOB_ID …
+    ow logs JOB_ID
+    ow fetch FILE_ID | JOB_ID [-o PATH]
+    ow ttl --check | --extend HOURS | --set HOURS   # inside a pod
+    ow dev-pod …                                    # a pod with the TTL watchdog and SSH, no flow run
 
 Every subcommand exits 0 on success and non-zero (with the reason on stderr) on failure.
 """
@@ -49,6 +55,92 @@ def _files_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _age(created) -> str:
+    import datetime as dt
+
+    if created is None:
+        return "-"
+    seconds = (dt.datetime.now(dt.UTC) - created).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _jobs():
+    from client.openweights import OpenWeights
+
+    return OpenWeights().jobs
+
+
+def _ls(args: argparse.Namespace) -> int:
+    jobs = _jobs().list(limit=args.limit, type=args.type, status=args.status)
+    rows = [(job.id, job.type or "-", job.status, str(job.model or "-"), _age(job.created_at)) for job in jobs]
+    header = ("JOB ID", "TYPE", "STATUS", "MODEL", "AGE")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    jobs, failed = _jobs(), 0
+    for job_id in args.job_ids:
+        try:
+            print(f"{job_id}: {jobs.cancel(job_id).status}")
+        except LookupError as exc:
+            print(f"ow: {exc}", file=sys.stderr)
+            failed += 1
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _logs(args: argparse.Namespace) -> int:
+    try:
+        print(_jobs().retrieve(args.job_id).logs())
+    except LookupError as exc:
+        raise CommandError(str(exc)) from None
+    return EXIT_OK
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from jobs.file_ids import is_file_id
+
+    if is_file_id(args.id):
+        from client.openweights import OpenWeights
+        from store.files import UnknownFileError
+
+        try:
+            content = OpenWeights().files.content(args.id)
+        except UnknownFileError as exc:
+            raise CommandError(str(exc)) from None
+        if args.output:
+            with open(args.output, "wb") as handle:
+                handle.write(content)
+            print(args.output)
+        else:
+            sys.stdout.buffer.write(content)
+        return EXIT_OK
+    try:
+        job = _jobs().retrieve(args.id)
+    except LookupError as exc:
+        raise CommandError(str(exc)) from None
+    if not job.outputs:
+        raise CommandError(f"job {args.id} is {job.status} and has no outputs yet")
+    print(job.download(args.output or args.id))
+    return EXIT_OK
+
+
+def _delegate(module: str):
+    """Subcommands implemented by the pod runtime (they run inside pods, without the client)."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(importlib.import_module(module).main(args.rest) or 0)
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ow",
@@ -73,6 +165,37 @@ def build_parser() -> argparse.ArgumentParser:
     upload.set_defaults(handler=_files_upload)
     listing = file_commands.add_parser("ls", help="list uploaded files")
     listing.set_defaults(handler=_files_list)
+
+    ls = commands.add_parser("ls", help="list jobs with status, type, model and age (newest first)")
+    ls.add_argument("--type", help="only jobs of this type (finetune, inference, eval-inspect, eval-mmlu-pro, custom)")
+    ls.add_argument("--status", choices=["pending", "in_progress", "completed", "failed", "canceled"], help="only jobs in this status")
+    ls.add_argument("--limit", type=int, default=20, help="at most this many jobs (default 20)")
+    ls.set_defaults(handler=_ls)
+
+    cancel = commands.add_parser("cancel", help="cancel jobs (their GPU stages and pods stop)")
+    cancel.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    cancel.set_defaults(handler=_cancel)
+
+    logs = commands.add_parser("logs", help="print a job's logs (control flow and GPU stage)")
+    logs.add_argument("job_id", metavar="JOB_ID")
+    logs.set_defaults(handler=_logs)
+
+    fetch = commands.add_parser("fetch", help="print a file's content, or download a job's outputs")
+    fetch.add_argument("id", metavar="FILE_ID|JOB_ID")
+    fetch.add_argument("-o", "--output", help="file (for a file ID) or directory (for a job ID) to write to")
+    fetch.set_defaults(handler=_fetch)
+
+    ttl = commands.add_parser(
+        "ttl", help="inside a pod: check, extend or set its time to live", add_help=False
+    )
+    ttl.add_argument("rest", nargs=argparse.REMAINDER, help="--check | --extend HOURS | --set HOURS (see ow ttl --help)")
+    ttl.set_defaults(handler=_delegate("infra.ttl"))
+
+    dev_pod = commands.add_parser(
+        "dev-pod", help="start a RunPod pod with the TTL watchdog and SSH but no flow run", add_help=False
+    )
+    dev_pod.add_argument("rest", nargs=argparse.REMAINDER, help="options of the dev pod (see ow dev-pod --help)")
+    dev_pod.set_defaults(handler=_delegate("infra.dev_pod"))
     return parser
 
 

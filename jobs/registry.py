@@ -58,6 +58,8 @@ class JobSpec:
     cacheable: bool = True
     id_suffix: Callable[[Any], str | None] = lambda params: None
     secrets: tuple[str, ...] = ()  # Prefect Secret block names the stage may need
+    # The control-flow deployment that runs this job type ("finetune/sft", …), given its parameters
+    control_deployment: Callable[[Any], str] = lambda params: ""
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 

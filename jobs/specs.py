@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from jobs.custom import CustomJobConfig, check_params_against_schema
 from jobs.datasets import RowError
 from jobs.evals import InspectEvalConfig, MmluProConfig
 from jobs.file_ids import is_file_id
@@ -55,6 +56,7 @@ FINETUNE = register(
         vram_gb=_finetune_vram_gb,
         id_suffix=lambda config: config.job_id_suffix,
         secrets=("hf-token",),
+        control_deployment=lambda config: f"finetune/{config.loss}",
         description="LoRA fine-tuning (SFT, DPO, ORPO) with OpenWeights' parameters.",
     )
 )
@@ -91,6 +93,7 @@ INFERENCE = register(
         input_models=lambda config: [InputModel("model", config.model)],
         vram_gb=_inference_vram_gb,
         id_suffix=lambda config: config.job_id_suffix,
+        control_deployment=lambda config: "inference/batch",
         description="Batch inference: completions for every row of a conversations or text JSONL file.",
     )
 )
@@ -139,6 +142,7 @@ SERVE = register(
         vram_gb=_serve_vram_gb,
         extra_checks=_serve_checks,
         cacheable=False,
+        control_deployment=lambda config: "api/serve",
         description="An OpenAI-compatible API serving a base model and its LoRA adapters until idle.",
     )
 )
@@ -216,6 +220,7 @@ INSPECT = register(
         input_models=_eval_models,
         vram_gb=_eval_vram_gb,
         extra_checks=_inspect_checks,
+        control_deployment=lambda config: "eval/inspect",
         description="An inspect-ai evaluation of a model (and its LoRA adapters) served through an OpenAI-compatible API.",
     )
 )
@@ -246,6 +251,32 @@ MMLU_PRO = register(
         input_models=_eval_models,
         vram_gb=_eval_vram_gb,
         extra_checks=_served_model_checks,
+        control_deployment=lambda config: "eval/mmlu-pro",
         description="MMLU-Pro-style multiple-choice accuracy, per category and overall, of a model and its adapters.",
+    )
+)
+
+
+# -- custom jobs ---------------------------------------------------------------------------------
+
+
+def _custom_input_files(config: CustomJobConfig) -> list[InputFile]:
+    files = [InputFile(f"mounted_files[{path!r}]", file_id, (file_id.split(":", 1)[0],)) for path, file_id in config.mounted_files.items()]
+    files += [InputFile("params", file_id, (file_id.split(":", 1)[0],)) for file_id in config.input_file_ids()]
+    return files
+
+
+CUSTOM = register(
+    JobSpec(
+        job_type="custom",
+        id_prefix="customjob",
+        params_model=CustomJobConfig,
+        stage="compute.custom_stage:run_custom_stage",
+        code_paths=("jobs/custom.py", "compute/custom_stage.py"),
+        input_files=_custom_input_files,
+        vram_gb=lambda config, model_config: config.requires_vram_gb,
+        extra_checks=lambda config, store: check_params_against_schema(config),
+        control_deployment=lambda config: "custom/run",
+        description="A user's own script as a job: mounted files, an entrypoint, validated parameters.",
     )
 )

@@ -115,5 +115,7 @@ class PrefectReporter:
         if self._progress_id is not None and self._last_fraction < 100:
             update_progress_artifact(artifact_id=self._progress_id, progress=100.0, description="done")
         for name, uri in links.items():
+            if "://" not in uri:  # e.g. a file ID: shown in the summary, not a clickable link
+                continue
             create_link_artifact(link=uri, link_text=f"{name}: {uri}", key=artifact_key(self.job_id, name))
         create_markdown_artifact(markdown=summary_markdown, key=artifact_key(self.job_id, "summary"))

@@ -7,6 +7,7 @@ import json
 from compute.generation.batch import run_inference
 from compute.stage import StageContext, StageResult
 from jobs.inference import InferenceConfig
+from store.files import upload_file
 
 PREVIEW_ROWS = 20
 
@@ -21,9 +22,11 @@ def run_inference_stage(config: InferenceConfig, context: StageContext) -> Stage
         progress=lambda done, total: context.reporter.progress(done, total, "rows"),
     )
     uri = context.store.put_file(output_path, f"{context.job_prefix}/outputs.jsonl")
+    # Also a content-addressed file, as OpenWeights returns it: ow.files.content(job.outputs["file"]).
+    file_id = upload_file(context.store, output_path, "result", filename=f"{context.job_id}.jsonl").id
     context.reporter.table("preview", _preview(output_path), description=f"First {PREVIEW_ROWS} rows of {uri}")
     return StageResult(
-        outputs={"outputs": uri},
+        outputs={"outputs": uri, "file": file_id},
         metrics={
             "rows": result.rows,
             "completions": result.completions,

@@ -1,0 +1,207 @@
+"""Jobs as OpenWeights' client shows them, over Prefect flow runs and the artifact store.
+
+A job is identified by its content hash. Its flow runs (the control flow and the GPU stage)
+carry the tag ``ow-job:<id>``; its result record is ``jobs/<id>/result.json`` in the store.
+Statuses are OpenWeights' — ``pending``, ``in_progress``, ``completed``, ``failed``,
+``canceled`` — mapped from the newest control run's Prefect state.
+
+Creating a job validates and hashes it here first (errors name the field, file and line before
+anything is submitted). An identical job that is pending, running or completed is returned as it
+is; a failed or canceled one is submitted again.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prefect.client.schemas.objects import FlowRun, StateType
+
+from client import runs
+from jobs.registry import get_job_spec, job_types
+from jobs.validation import check_inputs, validate_params
+from store.artifact_store import ArtifactStore
+
+PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELED = "pending", "in_progress", "completed", "failed", "canceled"
+FINAL_STATUSES = (COMPLETED, FAILED, CANCELED)
+
+_STATE_TO_STATUS = {
+    StateType.SCHEDULED: PENDING,
+    StateType.PENDING: PENDING,
+    StateType.PAUSED: PENDING,
+    StateType.RUNNING: IN_PROGRESS,
+    StateType.CANCELLING: IN_PROGRESS,
+    StateType.COMPLETED: COMPLETED,
+    StateType.FAILED: FAILED,
+    StateType.CRASHED: FAILED,
+    StateType.CANCELLED: CANCELED,
+}
+
+
+def job_status(control_state: StateType | None, has_result: bool) -> str:
+    """OpenWeights' status of a job: its stored result wins; otherwise its newest control run's state."""
+    if has_result:
+        return COMPLETED
+    if control_state is None:
+        return PENDING
+    status = _STATE_TO_STATUS[control_state]
+    return FAILED if status == COMPLETED else status  # completed without a result record: something is wrong
+
+
+def job_type_of_id(job_id: str) -> str | None:
+    prefix = job_id.split("-", 1)[0]
+    return next((t for t in job_types() if get_job_spec(t).id_prefix == prefix), None)
+
+
+class Job:
+    """One job: ``id``, ``type``, ``status``, ``params``, ``outputs``, ``metrics``; dict-style access works too."""
+
+    def __init__(self, manager: Jobs, job_id: str, job_type: str | None):
+        self._manager = manager
+        self.id = job_id
+        self.type = job_type
+        self.status = PENDING
+        self.params: dict[str, Any] = {}
+        self.outputs: dict[str, str] = {}
+        self.metrics: dict[str, Any] = {}
+        self.created_at: datetime | None = None
+        self.flow_runs: list[FlowRun] = []
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, type={self.type!r}, status={self.status!r})"
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    @property
+    def model(self) -> str | None:
+        return self.params.get("model")
+
+    def refresh(self) -> Job:
+        self._manager._load(self)
+        return self
+
+    def wait(self, timeout: float | None = None, poll_seconds: float = 2.0) -> Job:
+        """Block until the job is completed, failed or canceled; returns the job."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.refresh().status not in FINAL_STATUSES:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.id} is still {self.status} after {timeout:.0f}s")
+            time.sleep(poll_seconds)
+        return self
+
+    def cancel(self) -> Job:
+        """Cancel every unfinished flow run of the job (its GPU stage, and so its pod, included)."""
+        for flow_run in runs.job_runs(self.id):
+            runs.cancel(flow_run.id, message="canceled through the client")
+        return self.refresh()
+
+    def logs(self) -> str:
+        """The job's log lines from all its flow runs, oldest first."""
+        return "\n".join(runs.logs([flow_run.id for flow_run in runs.job_runs(self.id)]))
+
+    def download(self, target_dir: str | Path) -> Path:
+        """Copy every output of the job into ``target_dir`` (one entry per output name)."""
+        target = Path(target_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        store = self._manager._store
+        for name, uri in self.outputs.items():
+            key = store.key_from_uri(uri) if "://" in uri else None
+            if key is None:
+                if uri.count(":file-") == 1:  # a content-addressed file
+                    (target / f"{name}").write_bytes(self._manager._files.content(uri))
+                continue
+            keys = store.list(key)
+            if keys == [key]:
+                store.download_file(key, target / f"{name}{Path(key).suffix}")
+            else:
+                store.download_tree(key, target / name)
+        return target
+
+
+class Jobs:
+    """``ow.jobs``: retrieve, list and cancel jobs of any type."""
+
+    def __init__(self, store: ArtifactStore, files):
+        self._store = store
+        self._files = files
+
+    def retrieve(self, job_id: str) -> Job:
+        job = Job(self, job_id, job_type_of_id(job_id))
+        self._load(job)
+        if not job.flow_runs and not self._store.exists(f"jobs/{job_id}/result.json"):
+            raise LookupError(f"no job {job_id}")
+        return job
+
+    def list(self, limit: int = 20, type: str | None = None, status: str | None = None) -> list[Job]:  # noqa: A002 - OpenWeights' name
+        """Jobs with their newest activity first."""
+        seen: dict[str, Job] = {}
+        for flow_run in runs.job_runs(job_type=type, limit=max(limit * 4, 50), gpu_stage=False):
+            job_id = runs.job_id_of(flow_run)
+            if job_id and job_id not in seen:
+                seen[job_id] = self.retrieve(job_id)
+        jobs = [job for job in seen.values() if status is None or job.status == status]
+        return jobs[:limit]
+
+    def cancel(self, job_id: str) -> Job:
+        return self.retrieve(job_id).cancel()
+
+    def submit(self, job_type: str, params: dict[str, Any]) -> Job:
+        """Validate, hash, and submit unless an identical job is pending, running or completed."""
+        spec = get_job_spec(job_type)
+        config = validate_params(spec, params)
+        job_id = spec.job_id(config, check_inputs(spec, config, self._store).inputs)
+        job = Job(self, job_id, job_type)
+        self._load(job)
+        if job.status in (PENDING, IN_PROGRESS, COMPLETED) and (job.flow_runs or job.status == COMPLETED):
+            return job
+        flow_run = runs.submit(
+            spec.control_deployment(config),
+            config.model_dump(mode="json", exclude_unset=True),
+            tags=[f"{runs.JOB_TAG}{job_id}", f"{runs.TYPE_TAG}{job_type}"],
+        )
+        job.flow_runs = [flow_run, *job.flow_runs]
+        job.status = PENDING
+        return job
+
+    def _load(self, job: Job) -> None:
+        record_key = f"jobs/{job.id}/result.json"
+        job.flow_runs = runs.job_runs(job.id)
+        control = [run for run in job.flow_runs if run.flow_id and not _is_gpu_stage(run)]
+        record = self._store.read_json(record_key) if self._store.exists(record_key) else None
+        newest = control[0] if control else None
+        job.status = job_status(newest.state.type if newest and newest.state else None, record is not None)
+        if job.type is None:
+            job.type = (record or {}).get("job_type") or (runs.job_type_of(newest) if newest else None)
+        if record is not None:
+            job.params, job.outputs, job.metrics = record["params"], record["outputs"], record["metrics"]
+        elif newest is not None:
+            job.params = dict(newest.parameters)
+        job.created_at = min((run.created for run in job.flow_runs if run.created), default=None)
+
+
+def _is_gpu_stage(flow_run: FlowRun) -> bool:
+    return {"job_type", "job_id", "params"} <= set(flow_run.parameters)  # the gpu-stage flow's signature
+
+
+class JobFactory:
+    """``ow.fine_tuning``, ``ow.inference``, …: ``create(**params)`` → :class:`Job`."""
+
+    def __init__(self, jobs: Jobs, job_type: str, renamed: dict[str, str] | None = None):
+        self._jobs = jobs
+        self.job_type = job_type
+        self._renamed = renamed or {}
+
+    def create(self, **params: Any) -> Job:
+        for old, new in self._renamed.items():  # OpenWeights' spellings of a few parameters
+            if old in params:
+                params[new] = params.pop(old)
+        return self._jobs.submit(self.job_type, params)
+
+    def retrieve(self, job_id: str) -> Job:
+        return self._jobs.retrieve(job_id)
+
+    def list(self, limit: int = 20) -> list[Job]:
+        return self._jobs.list(limit=limit, type=self.job_type)

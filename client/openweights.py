@@ -1,0 +1,94 @@
+"""The OpenWeights-style client, over the Prefect API and the artifact store.
+
+    from client import OpenWeights          # was: from openweights import OpenWeights
+    ow = OpenWeights()
+    training_file = ow.files.upload("train.jsonl", purpose="conversations")["id"]
+    job = ow.fine_tuning.create(model=…, training_file=training_file, loss="sft", epochs=1, learning_rate=1e-4, r=32)
+    job.wait(); print(job.status, job.outputs)
+
+Talks to the Prefect server at ``PREFECT_API_URL`` and to the store configured there (the
+``ow-artifact-store`` block, ``OW_STORE_BLOCK`` or ``store_block`` to pick another).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from client.chat import AsyncChatCompletions, ChatCompletions, RateLimiter, ResponseCache
+from client.custom_jobs import registered_jobs
+from client.files import Files
+from client.jobs import JobFactory, Jobs
+
+
+class _Namespace:
+    def __init__(self, **members: Any):
+        self.__dict__.update(members)
+
+
+class Api:
+    """``ow.api``: API deployments as context managers (sync and async)."""
+
+    def __init__(self, ow: OpenWeights):
+        self._ow = ow
+
+    def deploy(self, model: str, lora_adapters: list[str] | None = None, **serve_options: Any):
+        from client.api import ApiDeployment
+
+        return self._ow._track(ApiDeployment(model, lora_adapters or [], **serve_options))
+
+    def multi_deploy(self, models: list[str], **serve_options: Any):
+        from client.api import MultiDeployment
+
+        return self._ow._track(MultiDeployment(models, **serve_options))
+
+
+class OpenWeights:
+    def __init__(self, store_block: str | None = None, cache_dir: str | Path | None = None, requests_per_second: float | None = None, max_concurrent: int | None = None):
+        from blocks.storage import load_store_block, ow_home
+
+        self._store = load_store_block(store_block).artifact_store()
+        self.files = Files(self._store)
+        self.jobs = Jobs(self._store, self.files)
+        self.fine_tuning = JobFactory(self.jobs, "finetune")
+        self.inference = JobFactory(self.jobs, "inference", renamed={"input_file_id": "input_file"})
+        self.inspect_ai = JobFactory(self.jobs, "eval-inspect")
+        self.mmlu_pro = JobFactory(self.jobs, "eval-mmlu-pro")
+        self.custom = JobFactory(self.jobs, "custom")
+        self.api = Api(self)
+        self._deployments: list = []
+        cache = ResponseCache(Path(cache_dir) if cache_dir else ow_home() / "cache" / "chat")
+        limiter = RateLimiter(requests_per_second=requests_per_second, max_concurrent=max_concurrent)
+        self.chat = _Namespace(completions=ChatCompletions(self._route, cache, limiter))
+        self.async_chat = _Namespace(completions=AsyncChatCompletions(self._route_async, cache, max_concurrent or 32))
+
+    def __getattr__(self, name: str):
+        jobs = registered_jobs()
+        if name in jobs:
+            return jobs[name](self)
+        raise AttributeError(f"OpenWeights has no attribute {name!r} (custom jobs: {sorted(jobs) or 'none registered'})")
+
+    # -- routing chat requests to the deployment serving a model -------------------------------
+
+    def _track(self, deployment):
+        self._deployments.append(deployment)
+        return deployment
+
+    def _endpoint_for(self, model: str):
+        from client.api import ApiDeployment, MultiDeployment
+
+        for deployment in reversed(self._deployments):
+            if isinstance(deployment, ApiDeployment) and deployment.endpoint and model in deployment.endpoint.models:
+                return deployment, model
+            if isinstance(deployment, MultiDeployment) and model in deployment.plan.routes:
+                route = deployment.plan.routes[model]
+                return deployment.deployments[route.deployment], route.served_name
+        raise LookupError(f"no running API deployment serves {model!r}; open one with `with ow.api.deploy({model!r}):`")
+
+    def _route(self, model: str):
+        deployment, served_name = self._endpoint_for(model)
+        return deployment.client(), served_name
+
+    def _route_async(self, model: str):
+        deployment, served_name = self._endpoint_for(model)
+        return deployment.async_client(), served_name

@@ -1,0 +1,19 @@
+"""An inspect-ai evaluation, as in OpenWeights' README: a task file uploaded to the store, run on a served model."""
+
+from tiny_model import tiny_model
+
+from client import OpenWeights
+
+ow = OpenWeights()
+
+task_file = ow.files.upload("data/arithmetic_tasks.py", purpose="inspect_task")["id"]
+job = ow.inspect_ai.create(
+    model=tiny_model(),
+    eval_name=f"{task_file}@arithmetic",  # or a registry task of an installed package, e.g. "inspect_evals/gpqa_diamond"
+    task_args={"count": 3},  # typed options instead of OpenWeights' free-form `options` string
+    max_tokens=8,
+)
+job.wait()
+if job.status == "completed":
+    print(job.metrics["scores"])
+    print(job.download("output"))

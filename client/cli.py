@@ -130,17 +130,6 @@ def _fetch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _delegate(module: str):
-    """Subcommands implemented by the pod runtime (they run inside pods, without the client)."""
-
-    def run(args: argparse.Namespace) -> int:
-        import importlib
-
-        return int(importlib.import_module(module).main(args.rest) or 0)
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ow",
@@ -189,13 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
         "ttl", help="inside a pod: check, extend or set its time to live", add_help=False
     )
     ttl.add_argument("rest", nargs=argparse.REMAINDER, help="--check | --extend HOURS | --set HOURS (see ow ttl --help)")
-    ttl.set_defaults(handler=_delegate("infra.ttl"))
+    ttl.set_defaults(handler=None)  # handled before parsing (DELEGATED)
 
     dev_pod = commands.add_parser(
         "dev-pod", help="start a RunPod pod with the TTL watchdog and SSH but no flow run", add_help=False
     )
     dev_pod.add_argument("rest", nargs=argparse.REMAINDER, help="options of the dev pod (see ow dev-pod --help)")
-    dev_pod.set_defaults(handler=_delegate("infra.dev_pod"))
+    dev_pod.set_defaults(handler=None)
     return parser
 
 
@@ -207,8 +196,18 @@ def _quiet_prefect_shutdown() -> None:
     logging.getLogger("EventsWorker").setLevel(logging.ERROR)
 
 
+# Implemented by the pod runtime (they run inside pods without the client); their own parsers own
+# every argument, --help included.
+DELEGATED = {"ttl": "infra.ttl", "dev-pod": "infra.dev_pod"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_prefect_shutdown()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        return int(importlib.import_module(DELEGATED[argv[0]]).main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler

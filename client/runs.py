@@ -13,12 +13,9 @@ from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
-    DeploymentFilter,
-    DeploymentFilterId,
     FlowFilter,
     FlowFilterName,
     FlowRunFilter,
-    FlowRunFilterId,
     FlowRunFilterTags,
     LogFilter,
     LogFilterFlowRunId,
@@ -86,49 +83,54 @@ def cancel(flow_run_id: UUID, message: str = "cancelled by the client") -> bool:
         flow_run = client.read_flow_run(flow_run_id)
         if flow_run.state is None or flow_run.state.is_final():
             return False
-        client.set_flow_run_state(flow_run_id, Cancelling(message=message), force=True)
+        client.set_flow_run_state(flow_run_id, Cancelling(message=message))
         return True
+
+
+PAGE = 200  # the API's largest page
 
 
 def job_runs(job_id: str | None = None, job_type: str | None = None, limit: int = 200, gpu_stage: bool | None = None) -> list[FlowRun]:
     """Flow runs of jobs, newest first; ``gpu_stage`` True/False selects GPU stages or control flows."""
-    tags = [f"{JOB_TAG}{job_id}"] if job_id else []
+    # Every run of our deployments carries the deployments' "ow" tag; a job's runs also its job tag.
+    tags = [f"{JOB_TAG}{job_id}"] if job_id else ["ow"]
     if job_type:
         tags.append(f"{TYPE_TAG}{job_type}")
-    flow_filter = None
+    flow_filter = FlowFilter(name=FlowFilterName(any_=[GPU_STAGE_FLOW])) if gpu_stage is True else None
+    found: list[FlowRun] = []
     with get_client(sync_client=True) as client:
-        if gpu_stage is True:
-            flow_filter = FlowFilter(name=FlowFilterName(any_=[GPU_STAGE_FLOW]))
-        runs = client.read_flow_runs(
-            flow_filter=flow_filter,
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=tags)) if tags else None,
-            sort=FlowRunSort.START_TIME_DESC,
-            limit=limit,
-        )
+        while len(found) < limit:
+            page = client.read_flow_runs(
+                flow_filter=flow_filter,
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=tags)),
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                limit=min(PAGE, limit - len(found)),
+                offset=len(found),
+            )
+            found += page
+            if len(page) < PAGE:
+                break
         if gpu_stage is False:
-            flows = {run.flow_id for run in runs}
-            names = {flow_id: client.read_flow(flow_id).name for flow_id in flows}
-            runs = [run for run in runs if names[run.flow_id] != GPU_STAGE_FLOW]
-    runs = [run for run in runs if job_id_of(run)] if not job_id else runs
-    return runs
+            names = {flow_id: client.read_flow(flow_id).name for flow_id in {run.flow_id for run in found}}
+            found = [run for run in found if names[run.flow_id] != GPU_STAGE_FLOW]
+    return [run for run in found if job_id_of(run)]
 
 
-def logs(flow_run_ids: Iterable[UUID], limit: int = 1000) -> list[str]:
-    """Log lines of the given flow runs, oldest first."""
+def logs(flow_run_ids: Iterable[UUID], limit: int = 20_000) -> list[str]:
+    """Log lines of the given flow runs, oldest first (paged through the API)."""
     ids = list(flow_run_ids)
     if not ids:
         return []
+    entries = []
     with get_client(sync_client=True) as client:
-        entries = client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=limit, sort=LogSort.TIMESTAMP_ASC
-        )
+        while len(entries) < limit:
+            page = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)),
+                limit=min(PAGE, limit - len(entries)),
+                offset=len(entries),
+                sort=LogSort.TIMESTAMP_ASC,
+            )
+            entries += page
+            if len(page) < PAGE:
+                break
     return [f"{entry.timestamp:%Y-%m-%d %H:%M:%S} {entry.message}" for entry in entries]
-
-
-def deployment_runs(deployment: str, flow_run_ids: Iterable[UUID]) -> list[FlowRun]:
-    with get_client(sync_client=True) as client:
-        found = client.read_deployment_by_name(deployment)
-        return client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id])),
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(flow_run_ids))),
-        )

@@ -134,7 +134,7 @@ def _cancel_if_running(flow_run_id) -> None:
         with get_client(sync_client=True) as client:
             flow_run = client.read_flow_run(flow_run_id)
             if flow_run.state is not None and not flow_run.state.is_final():
-                client.set_flow_run_state(flow_run_id, Cancelling(message="its job's control flow stopped"), force=True)
+                client.set_flow_run_state(flow_run_id, Cancelling(message="its job's control flow stopped"))
     except Exception:  # noqa: BLE001 - best effort while already failing; the worker's sweep is the backstop
         pass
 

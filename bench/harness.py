@@ -89,3 +89,38 @@ def run_plain_trl(model_dir: Path, data_path: Path, settings: dict, output_dir: 
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+# The SFT benchmarks' shared setting: a model larger than the tests', so training (not start-up)
+# dominates as it does in real jobs; the same data and hyperparameters for ours and the baseline.
+SFT_SETTINGS = {
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 0.001,
+    "warmup_steps": 5,
+    "max_seq_length": 128,
+    "r": 16,
+    "lora_alpha": 16,
+}
+
+
+def sft_bench_inputs(max_steps: int):
+    """(model directory, conversations file, settings) for an SFT benchmark of ``max_steps`` steps."""
+    from compute.sample_datasets import conversations_rows, write_jsonl
+    from compute.tiny_model import build_tiny_model
+
+    model_dir = build_tiny_model(HOME / "models" / "bench-llama", hidden_size=256, num_layers=4)
+    data = write_jsonl(HOME / "data" / "conversations.jsonl", conversations_rows(512))
+    return model_dir, data, {**SFT_SETTINGS, "max_steps": max_steps}
+
+
+def sft_flow_params(model_dir, file_id: str, settings: dict) -> dict:
+    """The same training as the plain trl script: no merged copy, plain AdamW."""
+    return {"model": str(model_dir), "training_file": file_id, "merge_before_push": False, "optim": "adamw", **settings}
+
+
+def job_record(run) -> dict:
+    from blocks.storage import load_artifact_store
+
+    job_id = next(tag.split(":", 1)[1] for tag in run.tags if tag.startswith("ow-job:"))
+    return load_artifact_store().read_json(f"jobs/{job_id}/result.json")

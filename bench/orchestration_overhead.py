@@ -12,44 +12,34 @@ Target: ratio ≤ 1.15 for a job that trains ≥ 60 s.
 import json
 import sys
 
-from harness import HOME, embedded_stack, log, run_plain_trl, submit_and_wait
-
-SETTINGS = {
-    "per_device_train_batch_size": 8,
-    "gradient_accumulation_steps": 1,
-    "learning_rate": 0.001,
-    "warmup_steps": 5,
-    "max_seq_length": 128,
-    "r": 16,
-    "lora_alpha": 16,
-}
+from harness import (
+    HOME,
+    embedded_stack,
+    job_record,
+    log,
+    run_plain_trl,
+    sft_bench_inputs,
+    sft_flow_params,
+    submit_and_wait,
+)
 
 
 def main(max_steps: int) -> None:
-    from blocks.storage import load_artifact_store, ow_home
-    from compute.sample_datasets import conversations_rows, write_jsonl
-    from compute.tiny_model import build_tiny_model
+    from blocks.storage import load_artifact_store
     from store.files import upload_file
 
-    settings = {**SETTINGS, "max_steps": max_steps}
-    # Larger than the test model, so that training (not start-up) dominates, as in real jobs.
-    model_dir = build_tiny_model(HOME / "models" / "bench-llama", hidden_size=256, num_layers=4)
-    data = write_jsonl(HOME / "data" / "conversations.jsonl", conversations_rows(512))
-
-    log("baseline: plain trl script …")
-    baseline = run_plain_trl(model_dir, data, settings, HOME / "plain-trl")
-    log(f"baseline: {baseline['wall_seconds']:.1f} s wall, {baseline['train_runtime']:.1f} s training")
-
+    model_dir, data, settings = sft_bench_inputs(max_steps)
     with embedded_stack():
+        # The baseline runs with the stack up too, so both share the machine with the same idle server and workers.
+        log("baseline: plain trl script …")
+        baseline = run_plain_trl(model_dir, data, settings, HOME / "plain-trl")
+        log(f"baseline: {baseline['wall_seconds']:.1f} s wall, {baseline['train_runtime']:.1f} s training")
         file_id = upload_file(load_artifact_store(), data, "conversations").id
-        params = {"model": str(model_dir), "training_file": file_id, "merge_before_push": False, "optim": "adamw", **settings}
         log("ours: finetune/sft through the deployment and workers …")
-        run, ours = submit_and_wait("finetune/sft", params)
+        run, ours = submit_and_wait("finetune/sft", sft_flow_params(model_dir, file_id, settings))
         assert run.state.is_completed(), run.state.message
-        job_id = next(tag.split(":", 1)[1] for tag in run.tags if tag.startswith("ow-job:"))
-        record = load_artifact_store().read_json(f"jobs/{job_id}/result.json")
-    training = record["metrics"]["train_runtime"]
-    log(f"ours: {ours:.1f} s wall, {training:.1f} s training (store: {ow_home()})")
+        training = job_record(run)["metrics"]["train_runtime"]
+    log(f"ours: {ours:.1f} s wall, {training:.1f} s training")
     print(
         json.dumps(
             {

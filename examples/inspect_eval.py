@@ -6,7 +6,8 @@ from client import OpenWeights
 
 ow = OpenWeights()
 
-task_file = ow.files.upload("data/arithmetic_tasks.py", purpose="inspect_task")["id"]
+# The task file the test suite also uses: a few sums, scored by inspect's own scorers.
+task_file = ow.files.upload("../tests/data/inspect_tasks/arithmetic_tasks.py", purpose="inspect_task")["id"]
 job = ow.inspect_ai.create(
     model=tiny_model(),
     eval_name=f"{task_file}@arithmetic",  # or a registry task of an installed package, e.g. "inspect_evals/gpqa_diamond"

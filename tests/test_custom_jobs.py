@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import BaseModel, Field
 from prefect.client.schemas.objects import StateType
+from pydantic import BaseModel, Field
 
 from client.custom_jobs import CustomJob, register
 

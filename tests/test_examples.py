@@ -52,5 +52,5 @@ def test_every_example_runs(ow_stack, script, expected):
 def test_examples_folder_has_no_example_left_untested():
     tested = {"quickstart.py", "inference.py", "api_deployment.py", "inspect_eval.py", "custom_job/run.py"}
     scripts = {p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.py")}
-    helpers = {"tiny_model.py", "custom_job/word_count.py", "data/arithmetic_tasks.py"}
+    helpers = {"tiny_model.py", "custom_job/word_count.py"}
     assert scripts - helpers == tested

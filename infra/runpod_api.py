@@ -292,7 +292,7 @@ class PodSpec(BaseModel):
 
     name: str = Field(min_length=1)
     image: str = Field(min_length=1)
-    gpu_type_id: str
+    gpu_type_id: str | None = Field(default=None, description="Required to create; the launcher sets it per attempt.")
     cloud_type: Literal["SECURE", "COMMUNITY", "ALL"] = "ALL"
     gpu_count: int = Field(default=1, ge=1)
     container_disk_gb: int = Field(default=50, ge=1)
@@ -428,6 +428,8 @@ class RunPodClient:
         :class:`RunPodAuthError`, :class:`RunPodRequestError`, or :class:`RunPodTransientError` once
         the retries are spent.
         """
+        if not spec.gpu_type_id:
+            raise ValueError(f"pod {spec.name}: gpu_type_id is required (CPU pods are not supported)")
         arguments = self._sdk_create_arguments(spec)
         operation = f"create pod {spec.name} on {spec.gpu_type_id} ({spec.cloud_type})"
         for attempt in range(self._retry.attempts):

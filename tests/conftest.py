@@ -33,4 +33,4 @@ os.environ.update(
 )
 (SESSION_HOME / "home").mkdir(parents=True, exist_ok=True)
 
-pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.models"]
+pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.models", "tests.fixtures.runpod"]

@@ -335,13 +335,13 @@ class _SdkCredentialsGate:
         with self._condition:
             while self._in_flight and self._active != wanted:
                 self._condition.wait()
-            if self._active != wanted:
-                runpod.api_key = api_key
-                if api_base_url:
-                    os.environ["RUNPOD_API_BASE_URL"] = api_base_url
-                else:
-                    os.environ.pop("RUNPOD_API_BASE_URL", None)
-                self._active = wanted
+            # Set every time, not only on a switch: code outside this module may have changed them.
+            runpod.api_key = api_key
+            if api_base_url:
+                os.environ["RUNPOD_API_BASE_URL"] = api_base_url
+            else:
+                os.environ.pop("RUNPOD_API_BASE_URL", None)
+            self._active = wanted
             self._in_flight += 1
         try:
             yield runpod

@@ -27,7 +27,8 @@ from pydantic import SecretStr
 
 from infra.pod_launch import GpuCatalogue, NoGpuAvailable, launch_pod
 from infra.pod_spec import DEFAULT_GPU_TYPES, DEFAULT_IMAGE, POD_ENTRYPOINT, TTL_HOURS_ENV
-from infra.runpod_api import PodSpec, RunPodApiError, RunPodClient
+from infra.runpod_api import RunPodApiError, RunPodClient
+from infra.runpod_models import PodSpec
 
 DEFAULT_PUBLIC_KEYS = ("~/.ssh/id_ed25519.pub", "~/.ssh/id_ecdsa.pub", "~/.ssh/id_rsa.pub")
 

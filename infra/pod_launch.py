@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 from infra.gpu_choice import CloudType, GpuCandidate, GpuPlan, GpuTypeInfo, plan_gpu_candidates
 from infra.runpod_api import (
-    PodSpec,
     RunPodClient,
     RunPodNoCapacity,
     RunPodTransientError,
     RunPodUnknownGpuType,
 )
+from infra.runpod_models import PodSpec
 
 
 class NoGpuAvailable(RuntimeError):

@@ -6,11 +6,12 @@ Prefect), and :func:`decide` turns them into a verdict. Kept pure so the whole t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 from prefect.client.schemas.objects import StateType
 
-from infra.runpod_api import Pod
+from infra.runpod_models import Pod
 
 
 class PodPhase(StrEnum):
@@ -89,3 +90,49 @@ def decide(
     if flow_run is FlowRunPhase.ACTIVE and not flow_run_started and seconds_since_launch > start_timeout_seconds:
         return Verdict.START_TIMEOUT
     return Verdict.KEEP_WATCHING
+
+
+@dataclass
+class PodWatch:
+    """What the worker has learnt about one flow run's pod so far."""
+
+    pod_id: str
+    placement: str  # GPU type, cloud, memory and price the pod got
+    last_seen: Pod | None = None  # the latest answer RunPod gave about the pod
+    pod: PodPhase = PodPhase.UNKNOWN
+    flow_run_state: StateType | None = None
+
+    def observe(self, pod: Pod | None, phase: PodPhase) -> None:
+        self.pod = phase
+        if pod is not None:
+            self.last_seen = pod
+
+
+def crash_message(
+    verdict: Verdict,
+    watch: PodWatch,
+    *,
+    seconds_since_launch: float,
+    ttl_hours: float,
+    max_run_hours: float | None,
+    start_timeout_seconds: float,
+) -> str:
+    """The Crashed state's message for a verdict that crashes the run: which pod, what happened, and
+    the pod's last known status, naming the job variable involved."""
+    last_status = watch.last_seen.describe() if watch.last_seen is not None else "never seen"
+    pod = f"RunPod pod {watch.pod_id} on {watch.placement}"
+    if verdict is Verdict.POD_LOST:
+        what = "disappeared" if watch.pod is PodPhase.GONE else "stopped"
+        state = watch.flow_run_state.value.title() if watch.flow_run_state else "active"
+        message = f"{pod} {what} while the flow run was {state}; last known status {last_status}."
+        if seconds_since_launch >= ttl_hours * 3600:
+            return message + f" It had reached its TTL of {ttl_hours:g} h (ttl_hours)."
+        return message + " It was terminated outside Prefect, or its container crashed."
+    if verdict is Verdict.MAX_RUN_TIME:
+        return f"The flow run exceeded max_run_hours={max_run_hours:g}; {pod} was terminated (last known status {last_status})."
+    if verdict is Verdict.START_TIMEOUT:
+        return (
+            f"{pod} did not start the flow run within pod_start_timeout_seconds={start_timeout_seconds:g} "
+            f"(last known status {last_status}); it was terminated."
+        )
+    raise ValueError(f"verdict {verdict} does not crash a run")

@@ -17,7 +17,7 @@ import shlex
 import uuid
 from collections.abc import Mapping
 
-from infra.runpod_api import Pod
+from infra.runpod_models import Pod
 
 POD_NAME_PREFIX = "ow-"
 WORK_POOL_ENV = "OW_RUNPOD_WORK_POOL"

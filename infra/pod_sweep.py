@@ -23,7 +23,8 @@ from prefect.utilities.engine import propose_state
 
 from infra.pod_outcome import FlowRunPhase, flow_run_phase
 from infra.pod_spec import belongs_to_pool, flow_run_id_of
-from infra.runpod_api import Pod, RunPodApiError, RunPodClient
+from infra.runpod_api import RunPodApiError, RunPodClient
+from infra.runpod_models import Pod
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,12 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from infra.gpu_choice import GpuTypeInfo
+from infra.runpod_models import Pod, PodPort, PodSpec
 
 if TYPE_CHECKING:
     from blocks.runpod import RunPodCredentials
@@ -214,103 +215,6 @@ class RetryPolicy(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Typed answers and requests
-# ---------------------------------------------------------------------------------------------------
-
-
-class PodPort(BaseModel):
-    ip: str | None = None
-    is_public: bool = False
-    private_port: int | None = None
-    public_port: int | None = None
-    type: str | None = None
-
-
-class Pod(BaseModel):
-    """A pod as RunPod reports it (``pod`` / ``myself { pods }``)."""
-
-    id: str
-    name: str = ""
-    desired_status: str = Field(default="UNKNOWN", description="RUNNING, EXITED or TERMINATED.")
-    image_name: str | None = None
-    # Env holds Prefect's API settings; keep it out of reprs so a logged Pod leaks nothing.
-    env: dict[str, str] = Field(default_factory=dict, repr=False)
-    docker_args: str | None = Field(default=None, repr=False)
-    gpu_count: int | None = None
-    gpu_display_name: str | None = None
-    cost_per_hr: float | None = None
-    uptime_seconds: int | None = None
-    runtime_up: bool = Field(default=False, description="The container is up (RunPod's `runtime` is set).")
-    ports: list[PodPort] = Field(default_factory=list)
-
-    @property
-    def is_running(self) -> bool:
-        return self.desired_status == "RUNNING"
-
-    def describe(self) -> str:
-        container = "container up" if self.runtime_up else "container not up"
-        if self.runtime_up and self.uptime_seconds is not None:
-            container += f" {self.uptime_seconds} s"
-        return f"{self.desired_status} ({container})"
-
-    @classmethod
-    def from_answer(cls, answer: Mapping[str, Any]) -> Pod:
-        raw_env = answer.get("env") or []
-        if isinstance(raw_env, Mapping):
-            env = {str(k): str(v) for k, v in raw_env.items()}
-        else:
-            env = dict(item.split("=", 1) if "=" in item else (item, "") for item in raw_env)
-        runtime = answer.get("runtime")
-        ports = [
-            PodPort(
-                ip=port.get("ip"),
-                is_public=bool(port.get("isIpPublic")),
-                private_port=port.get("privatePort"),
-                public_port=port.get("publicPort"),
-                type=port.get("type"),
-            )
-            for port in ((runtime or {}).get("ports") or [])
-        ]
-        return cls(
-            id=answer["id"],
-            name=answer.get("name") or "",
-            desired_status=answer.get("desiredStatus") or "UNKNOWN",
-            image_name=answer.get("imageName"),
-            env=env,
-            docker_args=answer.get("dockerArgs"),
-            gpu_count=answer.get("gpuCount"),
-            gpu_display_name=(answer.get("machine") or {}).get("gpuDisplayName"),
-            cost_per_hr=answer.get("costPerHr"),
-            uptime_seconds=(runtime or {}).get("uptimeInSeconds", answer.get("uptimeSeconds")),
-            runtime_up=runtime is not None,
-            ports=ports,
-        )
-
-
-class PodSpec(BaseModel):
-    """Everything ``create_pod`` needs for one GPU pod, in plain (unencoded) values."""
-
-    name: str = Field(min_length=1)
-    image: str = Field(min_length=1)
-    gpu_type_id: str | None = Field(default=None, description="Required to create; the launcher sets it per attempt.")
-    cloud_type: Literal["SECURE", "COMMUNITY", "ALL"] = "ALL"
-    gpu_count: int = Field(default=1, ge=1)
-    container_disk_gb: int = Field(default=50, ge=1)
-    volume_gb: int = Field(default=0, ge=0)
-    volume_mount_path: str = "/workspace"
-    network_volume_id: str | None = None
-    data_center_id: str | None = None
-    ports: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict, repr=False)
-    docker_args: str = Field(default="", repr=False)
-    allowed_cuda_versions: list[str] = Field(default_factory=list)
-    min_vcpu_count: int = Field(default=1, ge=1)
-    min_memory_gb: int = Field(default=1, ge=1)
-    support_public_ip: bool = True
-    start_ssh: bool = True
-
-
-# ---------------------------------------------------------------------------------------------------
 # The SDK's process-wide credentials
 # ---------------------------------------------------------------------------------------------------
 
@@ -354,6 +258,40 @@ class _SdkCredentialsGate:
 _GATE = _SdkCredentialsGate()
 
 
+def _pod_from_answer(answer: Mapping[str, Any]) -> Pod:
+    """Our Pod from the SDK's answer (GraphQL field names; ``env`` a list of ``KEY=VALUE``)."""
+    raw_env = answer.get("env") or []
+    if isinstance(raw_env, Mapping):
+        env = {str(k): str(v) for k, v in raw_env.items()}
+    else:
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in raw_env)
+    runtime = answer.get("runtime")
+    ports = [
+        PodPort(
+            ip=port.get("ip"),
+            is_public=bool(port.get("isIpPublic")),
+            private_port=port.get("privatePort"),
+            public_port=port.get("publicPort"),
+            type=port.get("type"),
+        )
+        for port in ((runtime or {}).get("ports") or [])
+    ]
+    return Pod(
+        id=answer["id"],
+        name=answer.get("name") or "",
+        desired_status=answer.get("desiredStatus") or "UNKNOWN",
+        image_name=answer.get("imageName"),
+        env=env,
+        docker_args=answer.get("dockerArgs"),
+        gpu_count=answer.get("gpuCount"),
+        gpu_display_name=(answer.get("machine") or {}).get("gpuDisplayName"),
+        cost_per_hr=answer.get("costPerHr"),
+        uptime_seconds=(runtime or {}).get("uptimeInSeconds", answer.get("uptimeSeconds")),
+        runtime_up=runtime is not None,
+        ports=ports,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------
 # The client
 # ---------------------------------------------------------------------------------------------------
@@ -388,13 +326,13 @@ class RunPodClient:
 
     def list_pods(self) -> list[Pod]:
         answer = self._call_with_retries("list pods", lambda sdk: sdk.get_pods())
-        return [Pod.from_answer(pod) for pod in answer or []]
+        return [_pod_from_answer(pod) for pod in answer or []]
 
     def get_pod(self, pod_id: str) -> Pod | None:
         """The pod, or None when RunPod no longer knows it (terminated)."""
         encoded = encode_graphql_string(pod_id, field="pod id")
         answer = self._call_with_retries(f"get pod {pod_id}", lambda sdk: sdk.get_pod(encoded))
-        return Pod.from_answer(answer) if answer else None
+        return _pod_from_answer(answer) if answer else None
 
     def find_pod_by_name(self, name: str, *, exclude_ids: Collection[str] = ()) -> Pod | None:
         """The live pod called ``name`` (names are unique by our convention), ignoring ``exclude_ids``."""

@@ -32,32 +32,35 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import httpx
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import InfrastructureNotFound, ObjectNotFound
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field
 
 from blocks.runpod import RunPodCredentials
-from infra.gpu_choice import CloudType
 from infra.pod_launch import GpuCatalogue, LaunchedPod, launch_pod
-from infra.pod_outcome import FlowRunPhase, PodPhase, Verdict, decide, flow_run_phase, pod_phase
-from infra.pod_spec import (
-    DEFAULT_GPU_TYPES,
-    DEFAULT_IMAGE,
-    POD_API_KEY_ENV,
-    pod_env,
-    pod_name_for,
-    pod_start_command,
+from infra.pod_outcome import (
+    FlowRunPhase,
+    PodPhase,
+    PodWatch,
+    Verdict,
+    crash_message,
+    decide,
+    flow_run_phase,
+    pod_phase,
 )
+from infra.pod_spec import POD_API_KEY_ENV, pod_env, pod_name_for, pod_start_command
 from infra.pod_sweep import sweep_orphaned_pods
-from infra.runpod_api import Pod, PodSpec, RunPodApiError, RunPodClient
+from infra.runpod_api import RunPodApiError, RunPodClient
+from infra.runpod_models import PodSpec
+from infra.runpod_pool_settings import RunPodPodSettings
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -66,7 +69,6 @@ if TYPE_CHECKING:
     from prefect.logging.loggers import PrefectLogAdapter
 
 SWEEP_INTERVAL_ENV = "OW_RUNPOD_SWEEP_INTERVAL_SECONDS"
-_PORT = r"^\d{1,5}/(tcp|http|udp)$"
 
 
 @dataclass(frozen=True)
@@ -75,99 +77,6 @@ class _FlowRunObservation:
     state_type: StateType | None = None
     started: bool = False
     flow_run: FlowRun | None = None
-
-
-class RunPodPodSettings(BaseModel):
-    """The pod settings a ``runpod`` work pool exposes; shared by the job configuration and its variables."""
-
-    image: str = Field(
-        default=DEFAULT_IMAGE,
-        description="Container image of the pod: infra/Dockerfile built and pushed to a registry RunPod can pull.",
-    )
-    gpu_types: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_GPU_TYPES),
-        min_length=1,
-        title="GPU types",
-        description=(
-            "RunPod GPU type ids the pool may use, most preferred first. Those with enough VRAM are tried "
-            "cheapest first (ties in this order); when RunPod has none available the next is tried."
-        ),
-    )
-    gpu_count: int = Field(default=1, ge=1, le=16, title="GPU count", description="GPUs per pod.")
-    min_vram_gb: float = Field(
-        default=0,
-        ge=0,
-        title="Minimum VRAM (GB)",
-        description="The job's VRAM estimate in GB, spread over gpu_count GPUs; set per flow run by the job's flow.",
-    )
-    cloud_type: CloudType = Field(
-        default="ALL",
-        description="SECURE (RunPod data centres), COMMUNITY (hosts), or ALL (both, each tried at its own price).",
-    )
-    gpu_prices: dict[str, float] = Field(
-        default_factory=dict,
-        title="GPU prices (USD per GPU-hour)",
-        description="Price per GPU type used to order candidates; types not listed use RunPod's current price.",
-    )
-    container_disk_gb: int = Field(default=50, ge=1, description="Container disk in GB (lost when the pod ends).")
-    volume_gb: int = Field(default=0, ge=0, description="Pod volume in GB (0: none). It bills until the pod is terminated.")
-    volume_mount_path: str = Field(default="/workspace", description="Where the pod volume or network volume is mounted.")
-    network_volume_id: str | None = Field(default=None, description="RunPod network volume to attach (pins the data centre).")
-    data_center_id: str | None = Field(default=None, description="RunPod data centre id, e.g. EU-RO-1; empty: any.")
-    ports: list[str] = Field(default_factory=list, description='Ports to expose, e.g. ["22/tcp", "8000/http"].')
-    allowed_cuda_versions: list[str] = Field(
-        default_factory=list, title="Allowed CUDA versions", description='e.g. ["12.4", "12.6"]; empty: any.'
-    )
-    min_vcpu_count: int = Field(default=1, ge=1, title="Minimum vCPUs", description="Minimum vCPUs of the pod.")
-    min_memory_gb: int = Field(default=1, ge=1, title="Minimum memory (GB)", description="Minimum system RAM in GB.")
-    ttl_hours: float = Field(
-        default=24,
-        gt=0,
-        title="TTL (hours)",
-        description="The pod terminates itself this long after it starts, whatever happens (extend with `ow ttl`).",
-    )
-    max_run_hours: float | None = Field(
-        default=None,
-        gt=0,
-        title="Maximum run time (hours)",
-        description="The worker terminates the pod and crashes the run after this long; empty: no limit.",
-    )
-    pod_start_timeout_seconds: float = Field(
-        default=1800,
-        gt=0,
-        description="Crash the run and terminate the pod if the flow run has not started this long after launch.",
-    )
-    poll_interval_seconds: float = Field(
-        default=10, gt=0, description="How often the worker checks pod and flow run (also the delay before billing stops)."
-    )
-    runpod_credentials: RunPodCredentials | None = Field(
-        default=None,
-        title="RunPod credentials",
-        description="The ow-runpod-credentials block of the account to launch pods in.",
-    )
-
-    @field_validator("gpu_types")
-    @classmethod
-    def _gpu_types_named(cls, value: list[str]) -> list[str]:
-        if any(not gpu.strip() for gpu in value):
-            raise ValueError("gpu_types holds an empty name; use RunPod ids such as 'NVIDIA A40'")
-        return value
-
-    @field_validator("ports")
-    @classmethod
-    def _ports_well_formed(cls, value: list[str]) -> list[str]:
-        bad = [port for port in value if not re.match(_PORT, port)]
-        if bad:
-            raise ValueError(f"ports {bad} must look like '22/tcp' or '8000/http'")
-        return value
-
-    @field_validator("gpu_prices")
-    @classmethod
-    def _prices_not_negative(cls, value: dict[str, float]) -> dict[str, float]:
-        negative = {gpu: price for gpu, price in value.items() if price < 0}
-        if negative:
-            raise ValueError(f"gpu_prices must be 0 or more, got {negative}")
-        return value
 
 
 class RunPodJobConfiguration(BaseJobConfiguration, RunPodPodSettings):
@@ -240,6 +149,17 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         terminated = await anyio.to_thread.run_sync(client.terminate_pod, infrastructure_pid)
         if not terminated:
             raise InfrastructureNotFound(f"RunPod pod {infrastructure_pid!r} was not found; it may already be terminated.")
+
+    async def _give_worker_labels_to_flow_run(self, flow_run_id: UUID) -> None:
+        # BaseWorker sets these attribution labels before calling run() and crashes the run when that
+        # fails. A Prefect API under write contention (SQLite answers 503 "database is locked") must not
+        # cost a flow run over labels alone: log it and launch the pod anyway.
+        try:
+            await super()._give_worker_labels_to_flow_run(flow_run_id)
+        except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+            if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code < 500:
+                raise
+            self._logger.warning("Could not label flow run %s with this worker (%s); continuing", flow_run_id, exc)
 
     # -- launching -----------------------------------------------------------------------------------
 
@@ -314,40 +234,40 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         launched: LaunchedPod,
         logger: PrefectLogAdapter,
     ) -> RunPodWorkerResult:
+        watch = PodWatch(pod_id=launched.pod_id, placement=launched.candidate.describe())
         launched_at = time.monotonic()
-        last_seen: Pod | None = None
-        reported_up = False
         max_run_seconds = configuration.max_run_hours * 3600 if configuration.max_run_hours else None
         while True:
             await anyio.sleep(configuration.poll_interval_seconds)
             # Pod first, flow run second: a pod gone because its run just finished is then always seen
             # together with the run's final state (see pod_outcome.decide).
-            try:
-                pod = await anyio.to_thread.run_sync(client.get_pod, launched.pod_id)
-                observed_pod = pod_phase(pod)
-            except RunPodApiError as exc:
-                logger.warning("Cannot read pod %s from RunPod (%s); will look again", launched.pod_id, exc)
-                pod, observed_pod = None, PodPhase.UNKNOWN
-            if pod is not None:
-                last_seen = pod
-                if pod.runtime_up and not reported_up:
-                    reported_up = True
-                    logger.info("Pod %s is up; the flow run starts inside it", launched.pod_id)
+            await self._observe_pod(client, watch, logger)
             run = await self._observe_flow_run(flow_run.id)
+            watch.flow_run_state = run.state_type
             verdict = decide(
-                observed_pod,
+                watch.pod,
                 run.phase,
                 flow_run_started=run.started,
                 seconds_since_launch=time.monotonic() - launched_at,
                 max_run_seconds=max_run_seconds,
                 start_timeout_seconds=configuration.pod_start_timeout_seconds,
             )
-            if verdict is Verdict.KEEP_WATCHING:
-                continue
-            return await self._conclude(
-                verdict, flow_run, configuration, client, launched, last_seen, observed_pod, run.state_type,
-                time.monotonic() - launched_at, logger,
-            )
+            if verdict is not Verdict.KEEP_WATCHING:
+                return await self._conclude(
+                    verdict, flow_run, configuration, client, watch, time.monotonic() - launched_at, logger
+                )
+
+    async def _observe_pod(self, client: RunPodClient, watch: PodWatch, logger: PrefectLogAdapter) -> None:
+        try:
+            pod = await anyio.to_thread.run_sync(client.get_pod, watch.pod_id)
+        except RunPodApiError as exc:
+            logger.warning("Cannot read pod %s from RunPod (%s); will look again", watch.pod_id, exc)
+            watch.observe(None, PodPhase.UNKNOWN)
+            return
+        was_up = watch.last_seen is not None and watch.last_seen.runtime_up
+        watch.observe(pod, pod_phase(pod))
+        if pod is not None and pod.runtime_up and not was_up:
+            logger.info("Pod %s is up; the flow run starts inside it", watch.pod_id)
 
     async def _observe_flow_run(self, flow_run_id: UUID) -> _FlowRunObservation:
         try:
@@ -366,15 +286,12 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         flow_run: FlowRun,
         configuration: RunPodJobConfiguration,
         client: RunPodClient,
-        launched: LaunchedPod,
-        last_seen: Pod | None,
-        observed_pod: PodPhase,
-        state_type: StateType | None,
+        watch: PodWatch,
         seconds_since_launch: float,
         logger: PrefectLogAdapter,
     ) -> RunPodWorkerResult:
         """Act on a verdict: terminate the pod in every case (billing stops), then settle the run's state."""
-        pod_id = launched.pod_id
+        pod_id = watch.pod_id
         try:
             if await anyio.to_thread.run_sync(client.terminate_pod, pod_id):
                 logger.info("Terminated RunPod pod %s (%s)", pod_id, verdict.value.replace("_", " "))
@@ -391,28 +308,14 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             logger.info("Flow run cancelled; RunPod pod %s terminated", pod_id)
         if not verdict.crashes_run:
             return RunPodWorkerResult(identifier=pod_id, status_code=0)
-
-        last_status = last_seen.describe() if last_seen is not None else "never seen running"
-        where = launched.candidate.describe()
-        if verdict is Verdict.POD_LOST:
-            what = "disappeared" if observed_pod is PodPhase.GONE else "stopped"
-            state_name = state_type.value.title() if state_type else "active"
-            message = f"RunPod pod {pod_id} on {where} {what} while the flow run was {state_name}; last known status {last_status}."
-            if seconds_since_launch >= configuration.ttl_hours * 3600:
-                message += f" It had reached its TTL of {configuration.ttl_hours:g} h (ttl_hours)."
-            else:
-                message += " It was terminated outside Prefect, or its container crashed."
-        elif verdict is Verdict.MAX_RUN_TIME:
-            message = (
-                f"The flow run exceeded max_run_hours={configuration.max_run_hours:g}; RunPod pod {pod_id} on {where} "
-                f"was terminated (last known status {last_status})."
-            )
-        else:
-            message = (
-                f"RunPod pod {pod_id} on {where} did not start the flow run within "
-                f"pod_start_timeout_seconds={configuration.pod_start_timeout_seconds:g} (last known status {last_status}); "
-                "it was terminated."
-            )
+        message = crash_message(
+            verdict,
+            watch,
+            seconds_since_launch=seconds_since_launch,
+            ttl_hours=configuration.ttl_hours,
+            max_run_hours=configuration.max_run_hours,
+            start_timeout_seconds=configuration.pod_start_timeout_seconds,
+        )
         await self._propose_crashed_state(flow_run, message)
         return RunPodWorkerResult(identifier=pod_id, status_code=1)
 

@@ -11,7 +11,8 @@ import pytest
 
 from infra import dev_pod
 from infra.pod_spec import pod_start_command
-from infra.runpod_api import PodSpec, RunPodClient
+from infra.runpod_api import RunPodClient
+from infra.runpod_models import PodSpec
 
 
 def start_pod(emulator, command: str, **env: str) -> str:

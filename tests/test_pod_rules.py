@@ -8,7 +8,16 @@ import uuid
 import pytest
 from prefect.client.schemas.objects import StateType
 
-from infra.pod_outcome import FlowRunPhase, PodPhase, Verdict, decide, flow_run_phase, pod_phase
+from infra.pod_outcome import (
+    FlowRunPhase,
+    PodPhase,
+    PodWatch,
+    Verdict,
+    crash_message,
+    decide,
+    flow_run_phase,
+    pod_phase,
+)
 from infra.pod_spec import (
     belongs_to_pool,
     flow_run_id_of,
@@ -18,7 +27,7 @@ from infra.pod_spec import (
     pool_slug,
 )
 from infra.pod_sweep import judge
-from infra.runpod_api import Pod
+from infra.runpod_models import Pod
 
 RUN_ID = uuid.UUID("8fb29b23-ff36-4015-8deb-4054608413f6")
 
@@ -190,3 +199,39 @@ def test_the_sweep_ends_pods_no_flow_run_needs_and_nothing_else(pod, flow_run_id
     decision = judge(pod, flow_run_id=flow_run_id, flow_run_exists=exists, state=state)
     assert (decision is not None) is terminate
     assert bool(decision and decision.crash_message) is crash
+
+
+LAST_SEEN = Pod(id="abc", desired_status="RUNNING", runtime_up=True, uptime_seconds=42)
+
+
+@pytest.mark.parametrize(
+    ("verdict", "pod", "state", "seconds", "expected"),
+    [
+        (Verdict.POD_LOST, PodPhase.GONE, StateType.RUNNING, 60,
+         "RunPod pod abc on A40 (SECURE) disappeared while the flow run was Running; last known status RUNNING "
+         "(container up 42 s). It was terminated outside Prefect, or its container crashed."),
+        (Verdict.POD_LOST, PodPhase.STOPPED, StateType.PENDING, 60,
+         "RunPod pod abc on A40 (SECURE) stopped while the flow run was Pending; last known status RUNNING "
+         "(container up 42 s). It was terminated outside Prefect, or its container crashed."),
+        (Verdict.POD_LOST, PodPhase.GONE, StateType.RUNNING, 7200,
+         "RunPod pod abc on A40 (SECURE) disappeared while the flow run was Running; last known status RUNNING "
+         "(container up 42 s). It had reached its TTL of 2 h (ttl_hours)."),
+        (Verdict.MAX_RUN_TIME, PodPhase.UP, StateType.RUNNING, 3700,
+         "The flow run exceeded max_run_hours=1; RunPod pod abc on A40 (SECURE) was terminated "
+         "(last known status RUNNING (container up 42 s))."),
+        (Verdict.START_TIMEOUT, PodPhase.UP, StateType.PENDING, 1900,
+         "RunPod pod abc on A40 (SECURE) did not start the flow run within pod_start_timeout_seconds=1800 "
+         "(last known status RUNNING (container up 42 s)); it was terminated."),
+    ],
+)
+def test_crash_messages_name_the_pod_what_happened_and_its_last_status(verdict, pod, state, seconds, expected):
+    watch = PodWatch(pod_id="abc", placement="A40 (SECURE)", last_seen=LAST_SEEN, pod=pod, flow_run_state=state)
+    message = crash_message(verdict, watch, seconds_since_launch=seconds, ttl_hours=2, max_run_hours=1,
+                            start_timeout_seconds=1800)
+    assert message == expected
+
+
+def test_verdicts_that_do_not_crash_have_no_crash_message():
+    with pytest.raises(ValueError):
+        crash_message(Verdict.CANCEL, PodWatch(pod_id="abc", placement="A40"), seconds_since_launch=1,
+                      ttl_hours=1, max_run_hours=None, start_timeout_seconds=1)

@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from blocks.runpod import RunPodCredentials
 from infra.pod_spec import pod_name_for
 from infra.pod_sweep import sweep_orphaned_pods
-from infra.runpod_api import PodSpec, RunPodClient
+from infra.runpod_api import RunPodClient
+from infra.runpod_models import PodSpec
 from infra.runpod_worker import RunPodJobConfiguration, RunPodWorker
 from tests.fixtures.runpod import runpod_base_job_template
 

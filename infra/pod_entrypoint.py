@@ -76,7 +76,11 @@ class _ChildRunner:
         self.stopped_from_outside = False
 
     def run(self) -> int:
-        child = subprocess.Popen(self.command)
+        try:
+            child = subprocess.Popen(self.command)
+        except OSError as exc:  # e.g. the image lacks the program: end the pod, do not crash-loop
+            logger.error("Cannot start %s: %s", self.command[0], exc)
+            return 127
 
         def forward(signum: int, _frame: object) -> None:
             self.stopped_from_outside = True

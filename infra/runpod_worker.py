@@ -112,10 +112,11 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         self._sweep_scope: anyio.CancelScope | None = None
 
     async def setup(self) -> None:
+        interval = _sweep_interval_seconds()  # a bad setting stops the worker before it takes runs
         await super().setup()
         self._sweep_scope = anyio.CancelScope()
         assert self._runs_task_group is not None
-        self._runs_task_group.start_soon(self._sweep_orphaned_pods_periodically)
+        self._runs_task_group.start_soon(self._sweep_orphaned_pods_periodically, interval)
 
     async def teardown(self, *exc_info: Any) -> None:
         if self._sweep_scope is not None:
@@ -321,32 +322,45 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
 
     # -- orphan sweep --------------------------------------------------------------------------------
 
-    async def _sweep_orphaned_pods_periodically(self) -> None:
-        interval = float(os.environ.get(SWEEP_INTERVAL_ENV) or 60)
+    async def _sweep_orphaned_pods_periodically(self, interval: float) -> None:
         assert self._sweep_scope is not None
         with self._sweep_scope:
             while True:
                 if self._work_pool is None:  # not synced with the API yet
                     await anyio.sleep(1)
                     continue
-                try:
-                    await self._sweep_orphaned_pods()
-                except Exception:  # noqa: BLE001 - a failed sweep must not stop the worker
-                    self._logger.exception("Orphaned-pod sweep failed; retrying in %g s", interval)
+                await self._sweep_orphaned_pods()
                 await anyio.sleep(interval)
 
     async def _sweep_orphaned_pods(self) -> None:
-        pool_default = await RunPodJobConfiguration.from_template_and_values(
-            base_job_template=self.work_pool.base_job_template, values={}, client=self.client
-        )
-        if pool_default.runpod_credentials is not None:
-            self._runpod_client(pool_default)  # registers the pool's account for sweeping
-        for credentials in list(self._credentials_in_use.values()):
-            await sweep_orphaned_pods(
-                runpod_client=RunPodClient.from_credentials(credentials),
-                prefect_client=self.client,
-                work_pool_name=self._work_pool_name,
-                watched_pod_ids=set(self._watched_pod_ids),
-                logger=self._logger,
+        """Sweep every RunPod account this worker has used, starting with the pool's default one."""
+        try:
+            pool_default = await RunPodJobConfiguration.from_template_and_values(
+                base_job_template=self.work_pool.base_job_template, values={}, client=self.client
             )
+            if pool_default.runpod_credentials is not None:
+                self._runpod_client(pool_default)  # registers the pool's account for sweeping
+        except Exception as exc:  # noqa: BLE001 - still sweep the accounts already known
+            self._logger.warning("Cannot read the work pool's default RunPod credentials: %s", exc)
+        for credentials in list(self._credentials_in_use.values()):
+            try:
+                await sweep_orphaned_pods(
+                    runpod_client=RunPodClient.from_credentials(credentials),
+                    prefect_client=self.client,
+                    work_pool_name=self._work_pool_name,
+                    watched_pod_ids=set(self._watched_pod_ids),
+                    logger=self._logger,
+                )
+            except Exception as exc:  # noqa: BLE001 - a failed sweep must not stop the worker
+                self._logger.warning("Orphaned-pod sweep failed (%s); it runs again later", exc)
 
+
+def _sweep_interval_seconds() -> float:
+    raw = os.environ.get(SWEEP_INTERVAL_ENV, "").strip() or "60"
+    try:
+        interval = float(raw)
+    except ValueError:
+        interval = -1.0
+    if not interval > 0:
+        raise ValueError(f"{SWEEP_INTERVAL_ENV}={raw!r} must be a number of seconds greater than 0")
+    return interval

@@ -137,6 +137,22 @@ def test_cancelling_a_running_flow_run_terminates_its_pod_within_a_poll(reset_ru
     stack.emulator.wait_until(lambda: not pod.container.is_up, 15, "the pod's processes to end")
 
 
+def test_cancelling_a_run_whose_pod_cannot_cancel_itself_still_ends_pod_and_run(reset_runpod_stack):
+    """Without `prefect flow-run execute` nothing in the pod watches for cancellation: the worker must."""
+    stack = reset_runpod_stack
+    deployment = deploy_to_pool(runpod_flows.sleep_for, stack.pool.name, command="python -m prefect.engine")
+    flow_run_id = submit(deployment, {"seconds": 300})
+    wait_for_flow_run(flow_run_id, until=is_running, timeout=90)
+    pod = pod_of(stack.emulator, flow_run_id)
+
+    subprocess.run([sys.executable, "-m", "prefect", "flow-run", "cancel", str(flow_run_id)], check=True,
+                   capture_output=True, timeout=60)
+
+    flow_run = wait_for_flow_run(flow_run_id, timeout=30)
+    assert flow_run.state.is_cancelled() and f"RunPod pod {pod.id} was terminated" in flow_run.state.message
+    assert pod.terminated_by == "account"
+
+
 def test_a_pod_that_disappears_mid_run_gives_a_crashed_run_and_no_pod_left(reset_runpod_stack):
     stack = reset_runpod_stack
     deployment = deploy_to_pool(runpod_flows.sleep_for, stack.pool.name)

@@ -61,14 +61,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--limit", type=int, default=20, help="work pool concurrency limit")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for all runs")
-    parser.add_argument("--pod-command", default="python -m prefect.engine", help="the flow-run command in pods")
+    parser.add_argument(
+        "--pod-command", default="python -m prefect.engine", help="the flow-run command in pods"
+    )
     args = parser.parse_args()
 
     api_url = configure_environment()
     from infra import local_stack
 
-    server = local_stack.start_server(ROOT / "server", int(api_url.rsplit(":", 1)[1].split("/")[0]),
-                                      ROOT / "server.log", ui=False)
+    server = local_stack.start_server(
+        ROOT / "server", int(api_url.rsplit(":", 1)[1].split("/")[0]), ROOT / "server.log", ui=False
+    )
     try:
         local_stack.wait_healthy(api_url, timeout=180, process=server)
         log(f"Prefect server up at {api_url}; state in {ROOT}")
@@ -93,8 +96,12 @@ def run_benchmark(runs: int, limit: int, timeout: float, pod_command: str) -> di
             client.update_work_pool(pool.name, WorkPoolUpdate(concurrency_limit=limit))
         deployment_name = deploy_to_pool(runpod_flows.say_hello, pool.name)
         log(f"deployed {deployment_name}")
-        worker = start_worker_process(pool.name, ROOT / "workers", OW_RUNPOD_SWEEP_INTERVAL_SECONDS="30",
-                                      PREFECT_WORKER_QUERY_SECONDS="2")
+        worker = start_worker_process(
+            pool.name,
+            ROOT / "workers",
+            OW_RUNPOD_SWEEP_INTERVAL_SECONDS="30",
+            PREFECT_WORKER_QUERY_SECONDS="2",
+        )
         log(f"worker {worker.name} online for pool {pool.name} (concurrency limit {limit})")
         try:
             with get_client(sync_client=True) as client:
@@ -104,7 +111,9 @@ def run_benchmark(runs: int, limit: int, timeout: float, pod_command: str) -> di
                     flow_run = create_flow_run(client, deployment.id, {"name": f"run-{index}"})
                     submitted[flow_run.id] = flow_run.created.timestamp()
                 log(f"submitted {runs} flow runs in {time.time() - min(submitted.values()):.0f} s")
-                final = wait_for_all(client, DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])), runs, timeout)
+                final = wait_for_all(
+                    client, DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])), runs, timeout
+                )
                 pending_at = {run_id: first_pending_time(client, run_id) for run_id in submitted}
             deadline = time.monotonic() + 60  # the worker terminates the last pods within a poll or two
             while emulator.pods() and time.monotonic() < deadline:
@@ -113,10 +122,14 @@ def run_benchmark(runs: int, limit: int, timeout: float, pod_command: str) -> di
         finally:
             worker.stop()
         pods_left = len(emulator.pods())
-        pod_created = {p.env.get("PREFECT__FLOW_RUN_ID"): p.created_at for p in emulator.pods(include_terminated=True)}
+        pod_created = {
+            p.env.get("PREFECT__FLOW_RUN_ID"): p.created_at for p in emulator.pods(include_terminated=True)
+        }
 
     submit_to_pod = [pod_created[str(i)] - t for i, t in submitted.items() if str(i) in pod_created]
-    pending_to_pod = [pod_created[str(i)] - pending_at[i] for i in submitted if str(i) in pod_created and pending_at[i]]
+    pending_to_pod = [
+        pod_created[str(i)] - pending_at[i] for i in submitted if str(i) in pod_created and pending_at[i]
+    ]
     completed = sum(1 for state in final.values() if state == "COMPLETED")
     median_submit_to_pod = round(statistics.median(submit_to_pod), 2) if submit_to_pod else None
     return {
@@ -129,12 +142,15 @@ def run_benchmark(runs: int, limit: int, timeout: float, pod_command: str) -> di
         "median_submit_to_pod_s": median_submit_to_pod,
         "median_pending_to_pod_s": round(statistics.median(pending_to_pod), 2) if pending_to_pod else None,
         "p95_pending_to_pod_s": round(sorted(pending_to_pod)[int(0.95 * (len(pending_to_pod) - 1))], 2)
-        if pending_to_pod else None,
+        if pending_to_pod
+        else None,
         "worker_peak_rss_mb": round(peak_rss_mb, 1),
         "pods_created": len(pod_created),
         "concurrency_limit": limit,
         "pod_command": pod_command,
-        "final_states": {state: sum(1 for s in final.values() if s == state) for state in sorted(set(final.values()))},
+        "final_states": {
+            state: sum(1 for s in final.values() if s == state) for state in sorted(set(final.values()))
+        },
     }
 
 
@@ -164,8 +180,11 @@ def wait_for_all(client, deployment_filter, runs: int, timeout: float) -> dict:
         while True:
             page = client.read_flow_runs(
                 deployment_filter=deployment_filter,
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=final_types))),
-                limit=200, offset=offset,
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=final_types))
+                ),
+                limit=200,
+                offset=offset,
             )
             final.update({run.id: run.state.type.value for run in page})
             offset += len(page)

@@ -41,10 +41,19 @@ def _key_value(text: str) -> tuple[str, str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ow dev-pod", description="Start a RunPod dev pod with SSH and a TTL.")
-    parser.add_argument("--ttl-hours", type=float, default=24.0, help="terminate the pod after this long (default 24)")
-    parser.add_argument("--gpu-type", action="append", dest="gpu_types", metavar="ID",
-                        help=f"RunPod GPU type id, repeatable, preferred first (default: {', '.join(DEFAULT_GPU_TYPES)})")
+    parser = argparse.ArgumentParser(
+        prog="ow dev-pod", description="Start a RunPod dev pod with SSH and a TTL."
+    )
+    parser.add_argument(
+        "--ttl-hours", type=float, default=24.0, help="terminate the pod after this long (default 24)"
+    )
+    parser.add_argument(
+        "--gpu-type",
+        action="append",
+        dest="gpu_types",
+        metavar="ID",
+        help=f"RunPod GPU type id, repeatable, preferred first (default: {', '.join(DEFAULT_GPU_TYPES)})",
+    )
     parser.add_argument("--gpu-count", type=int, default=1)
     parser.add_argument("--min-vram-gb", type=float, default=0.0, help="VRAM needed in GB, over all GPUs")
     parser.add_argument("--cloud-type", choices=["SECURE", "COMMUNITY", "ALL"], default="ALL")
@@ -53,12 +62,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--volume-gb", type=int, default=0)
     parser.add_argument("--network-volume-id")
     parser.add_argument("--data-center-id")
-    parser.add_argument("--public-key-file", type=Path, help="SSH public key to authorize (default: ~/.ssh/id_*.pub)")
-    parser.add_argument("--env", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                        help="extra environment variable for the pod, repeatable")
+    parser.add_argument(
+        "--public-key-file", type=Path, help="SSH public key to authorize (default: ~/.ssh/id_*.pub)"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment variable for the pod, repeatable",
+    )
     parser.add_argument("--credentials-block", help="name of a saved ow-runpod-credentials block")
-    parser.add_argument("--wait-seconds", type=float, default=300.0,
-                        help="wait this long for the pod to come up and print its SSH address (0: do not wait)")
+    parser.add_argument(
+        "--wait-seconds",
+        type=float,
+        default=300.0,
+        help="wait this long for the pod to come up and print its SSH address (0: do not wait)",
+    )
     return parser
 
 
@@ -116,16 +137,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             price_overrides={},
         )
         spec = PodSpec(
-            name=_dev_pod_name(), image=args.image, gpu_count=args.gpu_count, container_disk_gb=args.container_disk_gb,
-            volume_gb=args.volume_gb, network_volume_id=args.network_volume_id, data_center_id=args.data_center_id,
-            ports=["22/tcp"], env=env, docker_args=shlex.join([*POD_ENTRYPOINT, "--dev"]), start_ssh=True,
+            name=_dev_pod_name(),
+            image=args.image,
+            gpu_count=args.gpu_count,
+            container_disk_gb=args.container_disk_gb,
+            volume_gb=args.volume_gb,
+            network_volume_id=args.network_volume_id,
+            data_center_id=args.data_center_id,
+            ports=["22/tcp"],
+            env=env,
+            docker_args=shlex.join([*POD_ENTRYPOINT, "--dev"]),
+            start_ssh=True,
         )
         launched = launch_pod(client, spec, plan, report=_report)
     except (NoGpuAvailable, RunPodApiError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"Started dev pod {launched.pod_id} ({launched.name}) on {launched.candidate.describe()}; "
-          f"it terminates itself after {args.ttl_hours:g} h.")
+    print(
+        f"Started dev pod {launched.pod_id} ({launched.name}) on {launched.candidate.describe()}; "
+        f"it terminates itself after {args.ttl_hours:g} h."
+    )
     _print_ssh_address(client, launched.pod_id, args.wait_seconds)
     return 0
 

@@ -39,7 +39,9 @@ class GpuTypeInfo(BaseModel):
     secure_cloud: bool = Field(default=True, description="Offered in the secure cloud.")
     community_cloud: bool = Field(default=True, description="Offered in the community cloud.")
     secure_price: float | None = Field(default=None, description="USD per GPU-hour in the secure cloud.")
-    community_price: float | None = Field(default=None, description="USD per GPU-hour in the community cloud.")
+    community_price: float | None = Field(
+        default=None, description="USD per GPU-hour in the community cloud."
+    )
 
     def offered_in(self, cloud: ConcreteCloud) -> bool:
         return self.secure_cloud if cloud == "SECURE" else self.community_cloud
@@ -58,10 +60,14 @@ class GpuCandidate(BaseModel):
     gpu_type_id: str
     cloud_type: ConcreteCloud
     memory_gb: float
-    price_per_gpu_hour: float | None = Field(description="None when neither RunPod nor the pool gives a price.")
+    price_per_gpu_hour: float | None = Field(
+        description="None when neither RunPod nor the pool gives a price."
+    )
 
     def describe(self) -> str:
-        price = "unknown price" if self.price_per_gpu_hour is None else f"${self.price_per_gpu_hour:.2f}/GPU-h"
+        price = (
+            "unknown price" if self.price_per_gpu_hour is None else f"${self.price_per_gpu_hour:.2f}/GPU-h"
+        )
         return f"{self.gpu_type_id} ({self.cloud_type}, {self.memory_gb:g} GB, {price})"
 
 
@@ -72,7 +78,9 @@ class GpuPlan(BaseModel):
 
     vram_per_gpu_gb: float
     candidates: list[GpuCandidate]
-    rejected: list[tuple[str, str]] = Field(description="(GPU type id, reason) for preferences that cannot work.")
+    rejected: list[tuple[str, str]] = Field(
+        description="(GPU type id, reason) for preferences that cannot work."
+    )
 
     def explain_empty(self) -> str:
         """The message for a job that no preferred GPU type can run."""

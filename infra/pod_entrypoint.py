@@ -107,24 +107,33 @@ def end_pod_and_wait(own_pod: OwnPod, reason: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+    )
     if not args.dev and not command:
         _parser().error("a command is required after -- (or --dev)")
 
     own_pod = OwnPod.from_environment()
     if own_pod is None:
-        logger.warning("Not in a RunPod pod (RUNPOD_POD_ID/RUNPOD_API_KEY unset): the TTL cannot end anything")
+        logger.warning(
+            "Not in a RunPod pod (RUNPOD_POD_ID/RUNPOD_API_KEY unset): the TTL cannot end anything"
+        )
     TtlWatchdog.from_environment(end_pod=own_pod.end if own_pod else (lambda reason: False)).start()
 
     if args.dev:
         start_ssh_server(os.environ.get("PUBLIC_KEY"))
-        logger.info("Dev pod ready; check or change its TTL with `python -m infra.ttl --check|--extend|--set`")
+        logger.info(
+            "Dev pod ready; check or change its TTL with `python -m infra.ttl --check|--extend|--set`"
+        )
         threading.Event().wait()  # the watchdog, or a terminate from outside, ends the pod
 
     if own_pod is not None:
         marker = Path.home() / RESTART_MARKER_NAME
         if marker.exists():
-            end_pod_and_wait(own_pod, "the container restarted after the flow-run command had started; not running it twice")
+            end_pod_and_wait(
+                own_pod,
+                "the container restarted after the flow-run command had started; not running it twice",
+            )
         marker.touch()
 
     runner = _ChildRunner(command)

@@ -53,7 +53,9 @@ class GpuCatalogue:
         self._entries: dict[tuple[str | None, str, int], tuple[float, GpuTypeInfo | None]] = {}
         self._lock = threading.Lock()
 
-    def lookup(self, client: RunPodClient, gpu_type_ids: Sequence[str], gpu_count: int) -> dict[str, GpuTypeInfo]:
+    def lookup(
+        self, client: RunPodClient, gpu_type_ids: Sequence[str], gpu_count: int
+    ) -> dict[str, GpuTypeInfo]:
         """Info for each id RunPod knows; unknown ids are left out (the plan reports them)."""
         known: dict[str, GpuTypeInfo] = {}
         for gpu_type_id in dict.fromkeys(gpu_type_ids):
@@ -109,7 +111,9 @@ def launch_pod(
     """
     attempts: list[tuple[GpuCandidate, str]] = []
     for candidate in plan.candidates:
-        attempt_spec = spec.model_copy(update={"gpu_type_id": candidate.gpu_type_id, "cloud_type": candidate.cloud_type})
+        attempt_spec = spec.model_copy(
+            update={"gpu_type_id": candidate.gpu_type_id, "cloud_type": candidate.cloud_type}
+        )
         report(f"Requesting pod {spec.name} on {candidate.describe()}")
         try:
             pod_id = client.create_pod(attempt_spec, exclude_ids=exclude_ids)

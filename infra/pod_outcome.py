@@ -87,7 +87,11 @@ def decide(
         return Verdict.KEEP_WATCHING  # Prefect unreachable: do not crash a run that may have finished
     if max_run_seconds is not None and seconds_since_launch > max_run_seconds:
         return Verdict.MAX_RUN_TIME
-    if flow_run is FlowRunPhase.ACTIVE and not flow_run_started and seconds_since_launch > start_timeout_seconds:
+    if (
+        flow_run is FlowRunPhase.ACTIVE
+        and not flow_run_started
+        and seconds_since_launch > start_timeout_seconds
+    ):
         return Verdict.START_TIMEOUT
     return Verdict.KEEP_WATCHING
 

@@ -79,7 +79,9 @@ def pod_start_command(flow_run_command: str) -> str:
     """
     arguments = shlex.split(flow_run_command)
     if not arguments:
-        raise ValueError("the flow-run command is empty; leave the `command` job variable unset for Prefect's default")
+        raise ValueError(
+            "the flow-run command is empty; leave the `command` job variable unset for Prefect's default"
+        )
     return shlex.join([*POD_ENTRYPOINT, "--", *arguments])
 
 

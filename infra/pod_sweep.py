@@ -33,7 +33,9 @@ class SweepDecision:
     crash_message: str | None = None  # also mark the flow run Crashed with this message
 
 
-def judge(pod: Pod, *, flow_run_id: uuid.UUID | None, flow_run_exists: bool, state: StateType | None) -> SweepDecision | None:
+def judge(
+    pod: Pod, *, flow_run_id: uuid.UUID | None, flow_run_exists: bool, state: StateType | None
+) -> SweepDecision | None:
     """Whether to terminate one of the pool's pods nobody in this worker watches; None: leave it.
 
     ``state`` None with ``flow_run_exists`` means Prefect did not answer: never terminate on a guess.
@@ -97,7 +99,9 @@ async def sweep_orphaned_pods(
             continue
         if decision.crash_message and flow_run_id is not None:
             try:
-                await propose_state(prefect_client, Crashed(message=decision.crash_message), flow_run_id=flow_run_id)
+                await propose_state(
+                    prefect_client, Crashed(message=decision.crash_message), flow_run_id=flow_run_id
+                )
             except (Abort, ObjectNotFound):
                 pass
         swept.append((pod, decision))

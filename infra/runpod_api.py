@@ -75,8 +75,8 @@ def encode_graphql_string(value: str, *, field: str = "value") -> str:
     The SDK builds ``env: [{ key: "K", value: "V" }]`` by string pasting, so a quote ends the string
     early, a backslash starts an escape and a newline is a syntax error. A JSON string body is also a
     valid GraphQL string body with the same meaning, so JSON-escaping fixes all three. Non-ASCII stays
-    as raw UTF-8 (valid GraphQL source text) rather than ``\\uXXXX`` surrogate pairs, whose handling
-    differs between GraphQL servers.
+    as raw UTF-8 (valid GraphQL source text) rather than escaped surrogate pairs (``\\ud83d\\ude80``),
+    whose handling differs between GraphQL servers.
     """
     if "\x00" in value:
         raise ValueError(f"{field} contains a NUL character, which no process environment can hold")
@@ -92,7 +92,9 @@ def encode_env(env: Mapping[str, str]) -> dict[str, str]:
     encoded: dict[str, str] = {}
     for key, value in env.items():
         if not _ENV_KEY.match(key):
-            raise ValueError(f"env name {key!r} is not a valid variable name (letters, digits, _; no leading digit)")
+            raise ValueError(
+                f"env name {key!r} is not a valid variable name (letters, digits, _; no leading digit)"
+            )
         encoded[key] = encode_graphql_string(str(value), field=f"env[{key!r}]")
     return encoded
 
@@ -443,7 +445,8 @@ class RunPodClient:
             "env": encode_env(spec.env),
             "network_volume_id": encoded(spec.network_volume_id, "network_volume_id"),
             "allowed_cuda_versions": [
-                encode_graphql_string(version, field="allowed_cuda_versions") for version in spec.allowed_cuda_versions
+                encode_graphql_string(version, field="allowed_cuda_versions")
+                for version in spec.allowed_cuda_versions
             ]
             or None,
         }

@@ -52,7 +52,9 @@ class PodSpec(BaseModel):
 
     name: str = Field(min_length=1)
     image: str = Field(min_length=1)
-    gpu_type_id: str | None = Field(default=None, description="Required to create; the launcher sets it per attempt.")
+    gpu_type_id: str | None = Field(
+        default=None, description="Required to create; the launcher sets it per attempt."
+    )
     cloud_type: Literal["SECURE", "COMMUNITY", "ALL"] = "ALL"
     gpu_count: int = Field(default=1, ge=1)
     container_disk_gb: int = Field(default=50, ge=1)

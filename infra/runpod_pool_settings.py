@@ -50,17 +50,33 @@ class RunPodPodSettings(BaseModel):
         title="GPU prices (USD per GPU-hour)",
         description="Price per GPU type used to order candidates; types not listed use RunPod's current price.",
     )
-    container_disk_gb: int = Field(default=50, ge=1, description="Container disk in GB (lost when the pod ends).")
-    volume_gb: int = Field(default=0, ge=0, description="Pod volume in GB (0: none). It bills until the pod is terminated.")
-    volume_mount_path: str = Field(default="/workspace", description="Where the pod volume or network volume is mounted.")
-    network_volume_id: str | None = Field(default=None, description="RunPod network volume to attach (pins the data centre).")
-    data_center_id: str | None = Field(default=None, description="RunPod data centre id, e.g. EU-RO-1; empty: any.")
-    ports: list[str] = Field(default_factory=list, description='Ports to expose, e.g. ["22/tcp", "8000/http"].')
+    container_disk_gb: int = Field(
+        default=50, ge=1, description="Container disk in GB (lost when the pod ends)."
+    )
+    volume_gb: int = Field(
+        default=0, ge=0, description="Pod volume in GB (0: none). It bills until the pod is terminated."
+    )
+    volume_mount_path: str = Field(
+        default="/workspace", description="Where the pod volume or network volume is mounted."
+    )
+    network_volume_id: str | None = Field(
+        default=None, description="RunPod network volume to attach (pins the data centre)."
+    )
+    data_center_id: str | None = Field(
+        default=None, description="RunPod data centre id, e.g. EU-RO-1; empty: any."
+    )
+    ports: list[str] = Field(
+        default_factory=list, description='Ports to expose, e.g. ["22/tcp", "8000/http"].'
+    )
     allowed_cuda_versions: list[str] = Field(
         default_factory=list, title="Allowed CUDA versions", description='e.g. ["12.4", "12.6"]; empty: any.'
     )
-    min_vcpu_count: int = Field(default=1, ge=1, title="Minimum vCPUs", description="Minimum vCPUs of the pod.")
-    min_memory_gb: int = Field(default=1, ge=1, title="Minimum memory (GB)", description="Minimum system RAM in GB.")
+    min_vcpu_count: int = Field(
+        default=1, ge=1, title="Minimum vCPUs", description="Minimum vCPUs of the pod."
+    )
+    min_memory_gb: int = Field(
+        default=1, ge=1, title="Minimum memory (GB)", description="Minimum system RAM in GB."
+    )
     ttl_hours: float = Field(
         default=24,
         gt=0,
@@ -79,7 +95,9 @@ class RunPodPodSettings(BaseModel):
         description="Crash the run and terminate the pod if the flow run has not started this long after launch.",
     )
     poll_interval_seconds: float = Field(
-        default=10, gt=0, description="How often the worker checks pod and flow run (also the delay before billing stops)."
+        default=10,
+        gt=0,
+        description="How often the worker checks pod and flow run (also the delay before billing stops).",
     )
     runpod_credentials: RunPodCredentials | None = Field(
         default=None,

@@ -101,7 +101,9 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
     job_configuration = RunPodJobConfiguration
     job_configuration_variables = RunPodVariables
     _display_name = "RunPod"
-    _description = "Run each flow run in its own RunPod GPU pod, cheapest fitting GPU first, with a TTL safety net."
+    _description = (
+        "Run each flow run in its own RunPod GPU pod, cheapest fitting GPU first, with a TTL safety net."
+    )
     _documentation_url = "https://docs.runpod.io/pods/overview"
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -149,7 +151,9 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         client = self._runpod_client(configuration)
         terminated = await anyio.to_thread.run_sync(client.terminate_pod, infrastructure_pid)
         if not terminated:
-            raise InfrastructureNotFound(f"RunPod pod {infrastructure_pid!r} was not found; it may already be terminated.")
+            raise InfrastructureNotFound(
+                f"RunPod pod {infrastructure_pid!r} was not found; it may already be terminated."
+            )
 
     async def _give_worker_labels_to_flow_run(self, flow_run_id: UUID) -> None:
         # BaseWorker sets these attribution labels before calling run() and crashes the run when that
@@ -160,7 +164,9 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         except (httpx.TransportError, httpx.HTTPStatusError) as exc:
             if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code < 500:
                 raise
-            self._logger.warning("Could not label flow run %s with this worker (%s); continuing", flow_run_id, exc)
+            self._logger.warning(
+                "Could not label flow run %s with this worker (%s); continuing", flow_run_id, exc
+            )
 
     # -- launching -----------------------------------------------------------------------------------
 
@@ -178,7 +184,11 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         return RunPodClient.from_credentials(credentials)
 
     async def _launch_pod(
-        self, flow_run: FlowRun, configuration: RunPodJobConfiguration, client: RunPodClient, logger: PrefectLogAdapter
+        self,
+        flow_run: FlowRun,
+        configuration: RunPodJobConfiguration,
+        client: RunPodClient,
+        logger: PrefectLogAdapter,
     ) -> LaunchedPod:
         name = pod_name_for(self._work_pool_name, flow_run.id)
         stale = await anyio.to_thread.run_sync(client.find_pod_by_name, name)
@@ -220,7 +230,9 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             min_memory_gb=configuration.min_memory_gb,
         )
         launched = await anyio.to_thread.run_sync(
-            lambda: launch_pod(client, spec, plan, exclude_ids={stale.id} if stale else (), report=logger.info)
+            lambda: launch_pod(
+                client, spec, plan, exclude_ids={stale.id} if stale else (), report=logger.info
+            )
         )
         logger.info("Launched RunPod pod %s (%s) on %s", launched.pod_id, name, launched.candidate.describe())
         return launched
@@ -279,7 +291,9 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             self._logger.warning("Cannot read flow run %s (%s); will look again", flow_run_id, exc)
             return _FlowRunObservation(FlowRunPhase.UNKNOWN)
         state_type = current.state.type if current.state else None
-        return _FlowRunObservation(flow_run_phase(state_type), state_type, current.start_time is not None, current)
+        return _FlowRunObservation(
+            flow_run_phase(state_type), state_type, current.start_time is not None, current
+        )
 
     async def _conclude(
         self,
@@ -304,7 +318,8 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             current = await self._observe_flow_run(flow_run.id)
             if current.phase is FlowRunPhase.CANCELLING and current.flow_run is not None:
                 await self._mark_flow_run_as_cancelled(
-                    current.flow_run, state_updates={"message": f"Cancelled; RunPod pod {pod_id} was terminated."}
+                    current.flow_run,
+                    state_updates={"message": f"Cancelled; RunPod pod {pod_id} was terminated."},
                 )
             logger.info("Flow run cancelled; RunPod pod %s terminated", pod_id)
         if not verdict.crashes_run:

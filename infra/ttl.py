@@ -92,7 +92,9 @@ def read_deadline(path: Path) -> dt.datetime:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise TtlFileError(f"{path} does not exist; this pod has no TTL set (is the TTL watchdog running?)") from None
+        raise TtlFileError(
+            f"{path} does not exist; this pod has no TTL set (is the TTL watchdog running?)"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TtlFileError(f"{path} cannot be read: {exc}") from None
     return parse_deadline(text, source=str(path))
@@ -101,7 +103,9 @@ def read_deadline(path: Path) -> dt.datetime:
 def write_deadline(path: Path, deadline: dt.datetime) -> None:
     """Replace the file atomically, so the watchdog never reads half a timestamp."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".shutdown-", delete=False, encoding="utf-8") as tmp:
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=".shutdown-", delete=False, encoding="utf-8"
+    ) as tmp:
         tmp.write(format_deadline(deadline) + "\n")
     os.replace(tmp.name, path)
 
@@ -115,7 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     action.add_argument("--check", action="store_true", help="print the shutdown time and the time left")
     action.add_argument("--extend", type=float, metavar="HOURS", help="move the shutdown time HOURS later")
     action.add_argument("--set", type=float, metavar="HOURS", help="shut down HOURS from now")
-    parser.add_argument("--file", type=Path, default=None, help=f"shutdown file (default ~/{SHUTDOWN_FILE_NAME})")
+    parser.add_argument(
+        "--file", type=Path, default=None, help=f"shutdown file (default ~/{SHUTDOWN_FILE_NAME})"
+    )
     return parser
 
 

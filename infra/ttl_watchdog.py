@@ -59,7 +59,9 @@ class TtlWatchdog:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_environment(cls, end_pod: Callable[[str], bool], environ: dict[str, str] | None = None) -> TtlWatchdog:
+    def from_environment(
+        cls, end_pod: Callable[[str], bool], environ: dict[str, str] | None = None
+    ) -> TtlWatchdog:
         environ = dict(os.environ if environ is None else environ)
         return cls(
             shutdown_file=ttl.shutdown_file(),
@@ -76,11 +78,18 @@ class TtlWatchdog:
         """
         try:
             self._deadline = ttl.read_deadline(self.shutdown_file)
-            logger.info("TTL watchdog: keeping existing deadline; this pod %s", ttl.describe(self._deadline, self._clock()))
+            logger.info(
+                "TTL watchdog: keeping existing deadline; this pod %s",
+                ttl.describe(self._deadline, self._clock()),
+            )
         except ttl.TtlFileError:
             self._deadline = ttl.deadline_after(self._clock(), self.ttl_hours)
             ttl.write_deadline(self.shutdown_file, self._deadline)
-            logger.info("TTL watchdog: TTL %g h; this pod %s", self.ttl_hours, ttl.describe(self._deadline, self._clock()))
+            logger.info(
+                "TTL watchdog: TTL %g h; this pod %s",
+                self.ttl_hours,
+                ttl.describe(self._deadline, self._clock()),
+            )
         return self._deadline
 
     def check_once(self) -> bool:
@@ -104,7 +113,9 @@ class TtlWatchdog:
         while not self._stop.is_set():
             try:
                 if self.check_once():
-                    logger.info("TTL watchdog: RunPod accepted the termination; waiting for the container to stop")
+                    logger.info(
+                        "TTL watchdog: RunPod accepted the termination; waiting for the container to stop"
+                    )
             except Exception:  # noqa: BLE001 - the watchdog must outlive any single failure
                 logger.exception("TTL watchdog: check failed; retrying in %g s", self.check_interval_s)
             self._stop.wait(self.check_interval_s)

@@ -31,21 +31,49 @@ def order(min_vram_gb=0.0, gpu_count=1, preferences=("A6000", "A40"), cloud_type
     ("case", "kwargs", "expected"),
     [
         ("cheapest first, not preference order", {}, [("A40", "SECURE"), ("A6000", "SECURE")]),
-        ("community prices differ", {"cloud_type": "COMMUNITY"}, [("A6000", "COMMUNITY"), ("A40", "COMMUNITY")]),
+        (
+            "community prices differ",
+            {"cloud_type": "COMMUNITY"},
+            [("A6000", "COMMUNITY"), ("A40", "COMMUNITY")],
+        ),
         (
             "ALL tries every cloud, cheapest pair first",
             {"cloud_type": "ALL"},
             [("A6000", "COMMUNITY"), ("A40", "COMMUNITY"), ("A40", "SECURE"), ("A6000", "SECURE")],
         ),
-        ("too small for the job is left out", {"min_vram_gb": 40, "preferences": ("4090", "A40")}, [("A40", "SECURE")]),
-        ("VRAM spread over GPUs", {"min_vram_gb": 40, "gpu_count": 2, "preferences": ("4090",)}, [("4090", "SECURE")]),
+        (
+            "too small for the job is left out",
+            {"min_vram_gb": 40, "preferences": ("4090", "A40")},
+            [("A40", "SECURE")],
+        ),
+        (
+            "VRAM spread over GPUs",
+            {"min_vram_gb": 40, "gpu_count": 2, "preferences": ("4090",)},
+            [("4090", "SECURE")],
+        ),
         ("exactly enough fits", {"min_vram_gb": 48, "preferences": ("A40",)}, [("A40", "SECURE")]),
         ("configured price wins", {"prices": {"A6000": 0.10}}, [("A6000", "SECURE"), ("A40", "SECURE")]),
-        ("equal prices keep preference order", {"prices": {"A6000": 1, "A40": 1}}, [("A6000", "SECURE"), ("A40", "SECURE")]),
-        ("unpriced types go last", {"preferences": ("mystery", "A40")}, [("A40", "SECURE"), ("mystery", "SECURE")]),
-        ("a type missing from a cloud is skipped there", {"preferences": ("L40S",), "cloud_type": "ALL"}, [("L40S", "SECURE")]),
+        (
+            "equal prices keep preference order",
+            {"prices": {"A6000": 1, "A40": 1}},
+            [("A6000", "SECURE"), ("A40", "SECURE")],
+        ),
+        (
+            "unpriced types go last",
+            {"preferences": ("mystery", "A40")},
+            [("A40", "SECURE"), ("mystery", "SECURE")],
+        ),
+        (
+            "a type missing from a cloud is skipped there",
+            {"preferences": ("L40S",), "cloud_type": "ALL"},
+            [("L40S", "SECURE")],
+        ),
         ("duplicates are tried once", {"preferences": ("A40", "A40")}, [("A40", "SECURE")]),
-        ("zero VRAM estimate fits everything", {"preferences": ("4090", "H100")}, [("4090", "SECURE"), ("H100", "SECURE")]),
+        (
+            "zero VRAM estimate fits everything",
+            {"preferences": ("4090", "H100")},
+            [("4090", "SECURE"), ("H100", "SECURE")],
+        ),
     ],
 )
 def test_candidates_are_the_fitting_preferences_cheapest_first(case, kwargs, expected):
@@ -58,7 +86,10 @@ def test_candidates_are_the_fitting_preferences_cheapest_first(case, kwargs, exp
         ({"preferences": ("B200",)}, [("B200", "unknown to RunPod")]),
         ({"preferences": ("4090",), "min_vram_gb": 30}, [("4090", "24 GB per GPU, 30 GB needed")]),
         ({"preferences": ("H100",), "gpu_count": 9}, [("H100", "at most 8 per pod, 9 requested")]),
-        ({"preferences": ("L40S",), "cloud_type": "COMMUNITY"}, [("L40S", "not offered in cloud_type COMMUNITY")]),
+        (
+            {"preferences": ("L40S",), "cloud_type": "COMMUNITY"},
+            [("L40S", "not offered in cloud_type COMMUNITY")],
+        ),
     ],
 )
 def test_preferences_that_cannot_work_are_reported_with_a_reason(kwargs, rejected):
@@ -85,7 +116,10 @@ def test_impossible_vram_requests_are_refused(min_vram_gb, gpu_count):
 def test_a_zero_price_from_runpod_means_unknown_not_free():
     free_looking = GpuTypeInfo(gpu_type_id="odd", memory_gb=48, secure_price=0.0)
     plan = plan_gpu_candidates(
-        min_vram_gb=0, gpu_count=1, preferences=["odd", "A40"], cloud_type="SECURE",
+        min_vram_gb=0,
+        gpu_count=1,
+        preferences=["odd", "A40"],
+        cloud_type="SECURE",
         gpu_types={"odd": free_looking, "A40": A40},
     )
     assert [c.gpu_type_id for c in plan.candidates] == ["A40", "odd"]

@@ -19,7 +19,10 @@ def start_pod(emulator, command: str, **env: str) -> str:
     """A pod whose start command is the entrypoint running ``command``, as the worker launches it."""
     client = RunPodClient(emulator.api_key, emulator.url)
     spec = PodSpec(
-        name="ow-entrypoint-test", image="img", gpu_type_id="NVIDIA A40", docker_args=pod_start_command(command),
+        name="ow-entrypoint-test",
+        image="img",
+        gpu_type_id="NVIDIA A40",
+        docker_args=pod_start_command(command),
         env={"RUNPOD_API_BASE_URL": emulator.url, "OW_TTL_CHECK_SECONDS": "0.5", **env},
     )
     return client.create_pod(spec)
@@ -39,14 +42,17 @@ def test_the_entrypoint_ends_its_pod_when_the_command_finishes_so_it_is_not_rest
 
 
 def test_a_container_restart_mid_run_ends_the_pod_instead_of_running_the_command_twice(runpod_emulator):
-    pod_id = start_pod(runpod_emulator, python(
-        "import os, time; open(os.path.expanduser('~/runs'), 'a').write('run\\n'); time.sleep(60)"
-    ))
+    pod_id = start_pod(
+        runpod_emulator,
+        python("import os, time; open(os.path.expanduser('~/runs'), 'a').write('run\\n'); time.sleep(60)"),
+    )
     pod = runpod_emulator.all_pods[pod_id]
     runs = pod.home / "runs"
     runpod_emulator.wait_until(runs.exists, 30, "the command to start")
     runpod_emulator.crash_container(pod_id)  # an out-of-memory kill, say: RunPod restarts the container
-    runpod_emulator.wait_until(lambda: pod.desired_status == "TERMINATED", 30, "the restarted pod to end itself")
+    runpod_emulator.wait_until(
+        lambda: pod.desired_status == "TERMINATED", 30, "the restarted pod to end itself"
+    )
     assert pod.container.starts == 2
     assert runs.read_text() == "run\n"
     assert pod.terminated_by == "pod"
@@ -74,7 +80,10 @@ def test_outside_a_pod_the_entrypoint_exits_with_the_commands_status(tmp_path):
     env.update(HOME=str(tmp_path), OW_TTL_CHECK_SECONDS="60")
     result = subprocess.run(
         [sys.executable, "-m", "infra.pod_entrypoint", "--", sys.executable, "-c", "raise SystemExit(3)"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 3, result.stderr
     assert (tmp_path / "shutdown.txt").exists()
@@ -90,10 +99,20 @@ def dev_pod_environment(runpod_emulator, monkeypatch, tmp_path):
 
 
 def test_a_dev_pod_authorizes_ssh_and_ends_itself_at_its_ttl(runpod_emulator, dev_pod_environment, capsys):
-    status = dev_pod.main([
-        "--ttl-hours", "0.0015", "--gpu-type", "NVIDIA A40", "--public-key-file", str(dev_pod_environment),
-        "--env", "OW_TTL_CHECK_SECONDS=0.5", "--wait-seconds", "30",
-    ])
+    status = dev_pod.main(
+        [
+            "--ttl-hours",
+            "0.0015",
+            "--gpu-type",
+            "NVIDIA A40",
+            "--public-key-file",
+            str(dev_pod_environment),
+            "--env",
+            "OW_TTL_CHECK_SECONDS=0.5",
+            "--wait-seconds",
+            "30",
+        ]
+    )
     assert status == 0
     (pod,) = runpod_emulator.pods()
     out = capsys.readouterr().out
@@ -107,9 +126,14 @@ def test_a_dev_pod_authorizes_ssh_and_ends_itself_at_its_ttl(runpod_emulator, de
     assert pod.terminated_by == "pod"
 
 
-def test_a_dev_pod_without_capacity_anywhere_fails_with_what_was_tried(runpod_emulator, dev_pod_environment, capsys):
+def test_a_dev_pod_without_capacity_anywhere_fails_with_what_was_tried(
+    runpod_emulator, dev_pod_environment, capsys
+):
     runpod_emulator.set_capacity("NVIDIA A40", 0)
     status = dev_pod.main(["--gpu-type", "NVIDIA A40", "--cloud-type", "SECURE", "--wait-seconds", "0"])
     assert status == 1
-    assert "Tried, in order: NVIDIA A40 (SECURE, 48 GB, $0.40/GPU-h): no instances available" in capsys.readouterr().err
+    assert (
+        "Tried, in order: NVIDIA A40 (SECURE, 48 GB, $0.40/GPU-h): no instances available"
+        in capsys.readouterr().err
+    )
     assert runpod_emulator.pods() == []

@@ -25,7 +25,7 @@ from infra.runpod_api import (
 )
 from infra.runpod_models import PodSpec
 from tests.fixtures.graphql_text import GraphQLSyntaxError, parse_operation
-from tests.fixtures.runpod_emulator import NO_CAPACITY_MESSAGE, SOMETHING_WENT_WRONG
+from tests.fixtures.runpod_schema import NO_CAPACITY_MESSAGE, SOMETHING_WENT_WRONG
 
 AWKWARD_VALUES = [
     "plain",
@@ -98,12 +98,19 @@ def test_encoding_keeps_non_ascii_as_text():
 @pytest.mark.parametrize(
     ("error", "kind"),
     [
-        (runpod_error.AuthenticationError("Unauthorized request, please check your API key."), RunPodErrorKind.AUTH),
+        (
+            runpod_error.AuthenticationError("Unauthorized request, please check your API key."),
+            RunPodErrorKind.AUTH,
+        ),
         (runpod_error.QueryError(NO_CAPACITY_MESSAGE), RunPodErrorKind.NO_CAPACITY),
-        (runpod_error.QueryError("There are no longer any instances available with enough disk space."),
-         RunPodErrorKind.NO_CAPACITY),
-        (runpod_error.QueryError("This machine does not have the resources to deploy your pod"),
-         RunPodErrorKind.NO_CAPACITY),
+        (
+            runpod_error.QueryError("There are no longer any instances available with enough disk space."),
+            RunPodErrorKind.NO_CAPACITY,
+        ),
+        (
+            runpod_error.QueryError("This machine does not have the resources to deploy your pod"),
+            RunPodErrorKind.NO_CAPACITY,
+        ),
         (runpod_error.QueryError(SOMETHING_WENT_WRONG), RunPodErrorKind.TRANSIENT),
         (runpod_error.QueryError("pod not found to terminate"), RunPodErrorKind.NOT_FOUND),
         (runpod_error.QueryError("You do not have permission to terminate this pod."), RunPodErrorKind.AUTH),
@@ -112,7 +119,10 @@ def test_encoding_keeps_non_ascii_as_text():
         (requests.exceptions.ReadTimeout("read timed out"), RunPodErrorKind.TRANSIENT),
         (requests.exceptions.ConnectionError("connection refused"), RunPodErrorKind.TRANSIENT),
         (KeyError("data"), RunPodErrorKind.TRANSIENT),
-        (ValueError("No GPU found with the specified ID, run runpod.get_gpus()"), RunPodErrorKind.UNKNOWN_GPU),
+        (
+            ValueError("No GPU found with the specified ID, run runpod.get_gpus()"),
+            RunPodErrorKind.UNKNOWN_GPU,
+        ),
         (ValueError("cloud_type must be one of ALL, COMMUNITY or SECURE"), RunPodErrorKind.INVALID),
     ],
 )
@@ -121,7 +131,9 @@ def test_errors_are_classified_by_what_the_caller_should_do(error, kind):
 
 
 def test_error_messages_never_carry_the_query_text():
-    error = runpod_error.QueryError("Syntax Error", query='env: [{ key: "PREFECT_API_KEY", value: "pnu_secret" }]')
+    error = runpod_error.QueryError(
+        "Syntax Error", query='env: [{ key: "PREFECT_API_KEY", value: "pnu_secret" }]'
+    )
     assert "pnu_secret" not in str(to_api_error(error, "create pod"))
 
 
@@ -201,7 +213,9 @@ def test_concurrent_clients_with_different_keys_never_borrow_each_others_key(run
         except RunPodAuthError:
             outcomes.append((label, False))
 
-    threads = [threading.Thread(target=call, args=(good, "good") if i % 2 else (bad, "bad")) for i in range(24)]
+    threads = [
+        threading.Thread(target=call, args=(good, "good") if i % 2 else (bad, "bad")) for i in range(24)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

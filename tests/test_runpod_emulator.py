@@ -27,8 +27,9 @@ def python_command(code: str) -> str:
 
 def create(sdk, docker_args: str, name: str = "pod", env: dict[str, str] | None = None) -> str:
     """Create through the raw SDK; values are encoded as infra.runpod_api does, or quotes would break it."""
-    return sdk.create_pod(name, "img", "NVIDIA A40", docker_args=encode_graphql_string(docker_args),
-                          env=encode_env(env or {}))["id"]
+    return sdk.create_pod(
+        name, "img", "NVIDIA A40", docker_args=encode_graphql_string(docker_args), env=encode_env(env or {})
+    )["id"]
 
 
 def test_pods_answer_in_the_shapes_the_sdk_reads(sdk, runpod_emulator):
@@ -37,7 +38,9 @@ def test_pods_answer_in_the_shapes_the_sdk_reads(sdk, runpod_emulator):
     pod = sdk.get_pod(pod_id)
     assert pod["desiredStatus"] == "RUNNING" and pod["runtime"] is None  # not up yet
     assert pod["env"] == ["K=v=1"] and isinstance(pod["costPerHr"], float)
-    runpod_emulator.wait_until(lambda: sdk.get_pod(pod_id)["runtime"] is not None, 10, "the container to come up")
+    runpod_emulator.wait_until(
+        lambda: sdk.get_pod(pod_id)["runtime"] is not None, 10, "the container to come up"
+    )
     assert sdk.get_pod(pod_id)["runtime"]["ports"][0]["privatePort"] == 22
     assert [p["id"] for p in sdk.get_pods()] == [pod_id]
 
@@ -75,7 +78,9 @@ def test_pod_process_gets_pod_env_its_own_home_and_a_pod_scoped_key(sdk, runpod_
     pod_id = create(sdk, python_command(code), env={"K": "value"})
     pod = runpod_emulator.all_pods[pod_id]
     line = runpod_emulator.wait_until(
-        lambda: [ln for ln in runpod_emulator.container_log(pod_id).splitlines() if ln.startswith("value")], 15, "output"
+        lambda: [ln for ln in runpod_emulator.container_log(pod_id).splitlines() if ln.startswith("value")],
+        15,
+        "output",
     )[0]
     assert line.split() == ["value", pod_id, str(pod.home), pod.api_key]
     assert pod.api_key != runpod_emulator.api_key
@@ -92,13 +97,21 @@ def test_termination_kills_the_whole_process_tree_even_new_sessions(sdk, runpod_
     pod_id = create(sdk, python_command(grandchild))
     pod = runpod_emulator.all_pods[pod_id]
     tree = runpod_emulator.wait_until(
-        lambda: pod.container.process and len(process_tree(pod.container.process.pid)) == 2 and process_tree(pod.container.process.pid),
-        15, "the grandchild to start",
+        lambda: (
+            pod.container.process
+            and len(process_tree(pod.container.process.pid)) == 2
+            and process_tree(pod.container.process.pid)
+        ),
+        15,
+        "the grandchild to start",
     )
     sdk.terminate_pod(pod_id)
     assert sdk.get_pod(pod_id) is None and sdk.get_pods() == []
-    runpod_emulator.wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") and _running(pid) for pid in tree), 15,
-                               "every process of the pod to end")
+    runpod_emulator.wait_until(
+        lambda: not any(os.path.exists(f"/proc/{pid}") and _running(pid) for pid in tree),
+        15,
+        "every process of the pod to end",
+    )
     with pytest.raises(runpod_error.QueryError, match="pod not found to terminate"):
         sdk.terminate_pod(pod_id)
 
@@ -134,3 +147,22 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
 
+
+def test_a_stopped_pod_resumes_with_its_command_running_again(sdk, runpod_emulator):
+    pod_id = create(sdk, "sleep 60")
+    sdk.stop_pod(pod_id)
+    assert sdk.resume_pod(pod_id, 1)["desiredStatus"] == "RUNNING"
+    runpod_emulator.wait_until(
+        lambda: sdk.get_pod(pod_id)["runtime"] is not None, 15, "the container to come back"
+    )
+
+
+@pytest.mark.parametrize(
+    "runpod_emulator",
+    [{"network_volumes": ({"id": "vol1", "name": "data", "size": 50, "dataCenterId": "EU-RO-1"},)}],
+    indirect=True,
+)
+def test_a_network_volume_pins_the_pod_to_its_data_centre_as_the_sdk_looks_it_up(sdk, runpod_emulator):
+    pod_id = sdk.create_pod("vol", "img", "NVIDIA A40", network_volume_id="vol1")["id"]
+    create_input = runpod_emulator.all_pods[pod_id].create_input
+    assert create_input["networkVolumeId"] == "vol1" and create_input["dataCenterId"] == "EU-RO-1"

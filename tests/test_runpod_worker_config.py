@@ -26,8 +26,12 @@ from tests.fixtures.runpod import runpod_base_job_template
 
 def test_prefect_finds_the_runpod_worker_type_and_its_default_template(prefect_server):
     pool = f"cli-{uuid.uuid4().hex[:8]}"
-    result = subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", pool, "--type", "runpod"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "prefect", "work-pool", "create", pool, "--type", "runpod"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     with get_client(sync_client=True) as client:
         created = client.read_work_pool(pool)
@@ -38,9 +42,26 @@ def test_prefect_finds_the_runpod_worker_type_and_its_default_template(prefect_s
 
 def test_every_pool_variable_has_a_default_or_is_optional_and_a_description():
     properties = RunPodWorker.get_default_base_job_template()["variables"]["properties"]
-    assert {"image", "gpu_types", "gpu_count", "cloud_type", "container_disk_gb", "volume_gb", "network_volume_id",
-            "data_center_id", "ports", "env", "ttl_hours", "max_run_hours", "allowed_cuda_versions", "min_vcpu_count",
-            "min_memory_gb", "min_vram_gb", "runpod_credentials", "poll_interval_seconds"} <= set(properties)
+    assert {
+        "image",
+        "gpu_types",
+        "gpu_count",
+        "cloud_type",
+        "container_disk_gb",
+        "volume_gb",
+        "network_volume_id",
+        "data_center_id",
+        "ports",
+        "env",
+        "ttl_hours",
+        "max_run_hours",
+        "allowed_cuda_versions",
+        "min_vcpu_count",
+        "min_memory_gb",
+        "min_vram_gb",
+        "runpod_credentials",
+        "poll_interval_seconds",
+    } <= set(properties)
     assert not [name for name, schema in properties.items() if not schema.get("description")]
     assert properties["ttl_hours"]["default"] == 24 and properties["min_vram_gb"]["default"] == 0
 
@@ -80,8 +101,9 @@ def test_impossible_job_variables_are_refused_naming_the_variable(values, field)
 
 
 def configuration_for(emulator) -> RunPodJobConfiguration:
-    return RunPodJobConfiguration(runpod_credentials=RunPodCredentials(api_key=emulator.api_key,
-                                                                       api_base_url=emulator.url))
+    return RunPodJobConfiguration(
+        runpod_credentials=RunPodCredentials(api_key=emulator.api_key, api_base_url=emulator.url)
+    )
 
 
 def test_kill_infrastructure_terminates_the_pod_and_a_missing_pod_is_not_found(runpod_emulator):
@@ -111,13 +133,22 @@ def test_the_sweep_ends_the_pools_pods_no_flow_run_needs_and_leaves_the_rest(pre
             async def run_in(state):
                 return (await prefect.create_flow_run(subject, state=state)).id
 
-            finished, running, stopped_running = await run_in(Completed()), await run_in(Running()), await run_in(Running())
+            finished, running, stopped_running = (
+                await run_in(Completed()),
+                await run_in(Running()),
+                await run_in(Running()),
+            )
             missing = uuid.uuid4()
 
             def pod_for(flow_run_id, *, pool_name=pool, name=None):
                 env = {"OW_RUNPOD_WORK_POOL": pool_name, "PREFECT__FLOW_RUN_ID": str(flow_run_id)}
-                spec = PodSpec(name=name or pod_name_for(pool_name, flow_run_id), image="img", gpu_type_id="NVIDIA A40",
-                               docker_args="sleep 60", env=env)
+                spec = PodSpec(
+                    name=name or pod_name_for(pool_name, flow_run_id),
+                    image="img",
+                    gpu_type_id="NVIDIA A40",
+                    docker_args="sleep 60",
+                    env=env,
+                )
                 return client.create_pod(spec)
 
             pods = {
@@ -127,19 +158,28 @@ def test_the_sweep_ends_the_pools_pods_no_flow_run_needs_and_leaves_the_rest(pre
                 "stopped": pod_for(stopped_running),
                 "other pool": pod_for(uuid.uuid4(), pool_name="someone-else"),
                 "watched": pod_for(uuid.uuid4()),
-                "dev": client.create_pod(PodSpec(name="ow-dev-me-abc123", image="img", gpu_type_id="NVIDIA A40")),
+                "dev": client.create_pod(
+                    PodSpec(name="ow-dev-me-abc123", image="img", gpu_type_id="NVIDIA A40")
+                ),
             }
             client.stop_pod(pods["stopped"])
             swept = await sweep_orphaned_pods(
-                runpod_client=client, prefect_client=prefect, work_pool_name=pool,
-                watched_pod_ids={pods["watched"]}, logger=logging.getLogger("test"),
+                runpod_client=client,
+                prefect_client=prefect,
+                work_pool_name=pool,
+                watched_pod_ids={pods["watched"]},
+                logger=logging.getLogger("test"),
             )
             crashed = await prefect.read_flow_run(stopped_running)
             return pods, swept, crashed
 
     pods, swept, crashed = anyio.run(scenario)
 
-    terminated = {label for label, pod_id in pods.items() if runpod_emulator.all_pods[pod_id].desired_status == "TERMINATED"}
+    terminated = {
+        label
+        for label, pod_id in pods.items()
+        if runpod_emulator.all_pods[pod_id].desired_status == "TERMINATED"
+    }
     assert terminated == {"finished", "missing", "stopped"}
     assert {pod.id for pod, _ in swept} == {pods["finished"], pods["missing"], pods["stopped"]}
     assert crashed.state.is_crashed() and pods["stopped"] in crashed.state.message

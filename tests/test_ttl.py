@@ -31,7 +31,9 @@ def test_extending_moves_the_later_of_deadline_and_now(current, now, extra, expe
     assert ttl.extended_deadline(current, now, extra) == expected
 
 
-@pytest.mark.parametrize(("ttl_hours", "expected"), [(24, NOON + hours(24)), (0.25, NOON + hours(0.25)), (0, NOON)])
+@pytest.mark.parametrize(
+    ("ttl_hours", "expected"), [(24, NOON + hours(24)), (0.25, NOON + hours(0.25)), (0, NOON)]
+)
 def test_a_ttl_counts_from_now(ttl_hours, expected):
     assert ttl.deadline_after(NOON, ttl_hours) == expected
 
@@ -67,8 +69,16 @@ def test_garbage_in_the_file_is_an_error_naming_the_file():
 @pytest.mark.parametrize(
     ("deadline", "now", "text"),
     [
-        (NOON + hours(3) + dt.timedelta(minutes=5), NOON, "shuts down at 2030-01-01T15:05:00+00:00 (in 3h 05m)"),
-        (NOON - dt.timedelta(minutes=2), NOON, "shuts down at 2030-01-01T11:58:00+00:00 (0h 02m ago; shutting down)"),
+        (
+            NOON + hours(3) + dt.timedelta(minutes=5),
+            NOON,
+            "shuts down at 2030-01-01T15:05:00+00:00 (in 3h 05m)",
+        ),
+        (
+            NOON - dt.timedelta(minutes=2),
+            NOON,
+            "shuts down at 2030-01-01T11:58:00+00:00 (0h 02m ago; shutting down)",
+        ),
     ],
 )
 def test_the_status_line_says_when_and_how_long(deadline, now, text):
@@ -145,7 +155,9 @@ def watchdog(path: Path, clock: FakeClock, outcomes: list[bool] | None = None, t
         calls.append(reason)
         return answers.pop(0) if answers else True
 
-    dog = TtlWatchdog(shutdown_file=path, ttl_hours=ttl_hours, check_interval_s=0.01, end_pod=end_pod, clock=clock)
+    dog = TtlWatchdog(
+        shutdown_file=path, ttl_hours=ttl_hours, check_interval_s=0.01, end_pod=end_pod, clock=clock
+    )
     return dog, calls
 
 
@@ -210,7 +222,9 @@ def test_a_failed_termination_is_retried_at_the_next_check(tmp_path):
     assert len(calls) == 3
 
 
-@pytest.mark.parametrize(("name", "value"), [("TTL_HOURS", "soon"), ("TTL_HOURS", "-2"), ("OW_TTL_CHECK_SECONDS", "0")])
+@pytest.mark.parametrize(
+    ("name", "value"), [("TTL_HOURS", "soon"), ("TTL_HOURS", "-2"), ("OW_TTL_CHECK_SECONDS", "0")]
+)
 def test_bad_watchdog_settings_name_the_variable(name, value):
     with pytest.raises(ValueError, match=name):
         TtlWatchdog.from_environment(end_pod=lambda reason: True, environ={name: value})

@@ -33,4 +33,11 @@ os.environ.update(
 )
 (SESSION_HOME / "home").mkdir(parents=True, exist_ok=True)
 
-pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.models", "tests.fixtures.stack", "tests.fixtures.s3", "tests.fixtures.jobs"]
+pytest_plugins = [
+    "tests.fixtures.servers",
+    "tests.fixtures.models",
+    "tests.fixtures.stack",
+    "tests.fixtures.s3",
+    "tests.fixtures.jobs",
+    "tests.fixtures.runpod",
+]

@@ -1,0 +1,142 @@
+"""What a flow run's pod means for the run: the one place pod status becomes a Prefect outcome.
+
+The worker observes two things every poll, the pod (through RunPod) and the flow run (through
+Prefect), and :func:`decide` turns them into a verdict. Kept pure so the whole table is tested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from prefect.client.schemas.objects import StateType
+
+from infra.runpod_models import Pod
+
+
+class PodPhase(StrEnum):
+    UP = "up"  # desired RUNNING (the container may still be booting)
+    STOPPED = "stopped"  # desired EXITED: the container is gone, the pod (and its volume bill) is not
+    GONE = "gone"  # RunPod no longer knows the pod (terminated)
+    UNKNOWN = "unknown"  # RunPod did not answer
+
+
+class FlowRunPhase(StrEnum):
+    ACTIVE = "active"  # pending or running: the pod should be doing it
+    WAITING = "waiting"  # paused or scheduled again: work continues elsewhere or later
+    CANCELLING = "cancelling"
+    FINISHED = "finished"  # a final state, set by the pod's engine or by someone else
+    DELETED = "deleted"
+    UNKNOWN = "unknown"  # Prefect did not answer
+
+
+class Verdict(StrEnum):
+    KEEP_WATCHING = "keep_watching"
+    FLOW_RUN_FINISHED = "flow_run_finished"  # terminate the pod; the run's state stands
+    CANCEL = "cancel"  # terminate the pod, then mark the run Cancelled
+    POD_LOST = "pod_lost"  # the pod vanished or stopped under an active run: Crashed
+    RUN_ELSEWHERE = "run_elsewhere"  # pod gone while the run waits (paused/rescheduled): not a crash
+    MAX_RUN_TIME = "max_run_time"  # terminate: Crashed
+    START_TIMEOUT = "start_timeout"  # the pod never started the flow run: terminate, Crashed
+
+    @property
+    def crashes_run(self) -> bool:
+        return self in (Verdict.POD_LOST, Verdict.MAX_RUN_TIME, Verdict.START_TIMEOUT)
+
+
+def pod_phase(pod: Pod | None) -> PodPhase:
+    if pod is None or pod.desired_status == "TERMINATED":
+        return PodPhase.GONE
+    if pod.desired_status == "EXITED":
+        return PodPhase.STOPPED
+    return PodPhase.UP
+
+
+def flow_run_phase(state_type: StateType | None) -> FlowRunPhase:
+    if state_type is None:
+        return FlowRunPhase.UNKNOWN
+    if state_type in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED):
+        return FlowRunPhase.FINISHED
+    if state_type is StateType.CANCELLING:
+        return FlowRunPhase.CANCELLING
+    if state_type in (StateType.PAUSED, StateType.SCHEDULED):
+        return FlowRunPhase.WAITING
+    return FlowRunPhase.ACTIVE
+
+
+def decide(
+    pod: PodPhase,
+    flow_run: FlowRunPhase,
+    *,
+    flow_run_started: bool,
+    seconds_since_launch: float,
+    max_run_seconds: float | None,
+    start_timeout_seconds: float,
+) -> Verdict:
+    """The verdict for one observation. The flow run is read *after* the pod, so a pod that is gone
+    because its run just finished is seen with the run's final state, never as a crash."""
+    if flow_run in (FlowRunPhase.FINISHED, FlowRunPhase.DELETED):
+        return Verdict.FLOW_RUN_FINISHED
+    if flow_run is FlowRunPhase.CANCELLING:
+        return Verdict.CANCEL
+    if pod in (PodPhase.GONE, PodPhase.STOPPED):
+        if flow_run is FlowRunPhase.WAITING:
+            return Verdict.RUN_ELSEWHERE
+        if flow_run is FlowRunPhase.ACTIVE:
+            return Verdict.POD_LOST
+        return Verdict.KEEP_WATCHING  # Prefect unreachable: do not crash a run that may have finished
+    if max_run_seconds is not None and seconds_since_launch > max_run_seconds:
+        return Verdict.MAX_RUN_TIME
+    if (
+        flow_run is FlowRunPhase.ACTIVE
+        and not flow_run_started
+        and seconds_since_launch > start_timeout_seconds
+    ):
+        return Verdict.START_TIMEOUT
+    return Verdict.KEEP_WATCHING
+
+
+@dataclass
+class PodWatch:
+    """What the worker has learnt about one flow run's pod so far."""
+
+    pod_id: str
+    placement: str  # GPU type, cloud, memory and price the pod got
+    last_seen: Pod | None = None  # the latest answer RunPod gave about the pod
+    pod: PodPhase = PodPhase.UNKNOWN
+    flow_run_state: StateType | None = None
+
+    def observe(self, pod: Pod | None, phase: PodPhase) -> None:
+        self.pod = phase
+        if pod is not None:
+            self.last_seen = pod
+
+
+def crash_message(
+    verdict: Verdict,
+    watch: PodWatch,
+    *,
+    seconds_since_launch: float,
+    ttl_hours: float,
+    max_run_hours: float | None,
+    start_timeout_seconds: float,
+) -> str:
+    """The Crashed state's message for a verdict that crashes the run: which pod, what happened, and
+    the pod's last known status, naming the job variable involved."""
+    last_status = watch.last_seen.describe() if watch.last_seen is not None else "never seen"
+    pod = f"RunPod pod {watch.pod_id} on {watch.placement}"
+    if verdict is Verdict.POD_LOST:
+        what = "disappeared" if watch.pod is PodPhase.GONE else "stopped"
+        state = watch.flow_run_state.value.title() if watch.flow_run_state else "active"
+        message = f"{pod} {what} while the flow run was {state}; last known status {last_status}."
+        if seconds_since_launch >= ttl_hours * 3600:
+            return message + f" It had reached its TTL of {ttl_hours:g} h (ttl_hours)."
+        return message + " It was terminated outside Prefect, or its container crashed."
+    if verdict is Verdict.MAX_RUN_TIME:
+        return f"The flow run exceeded max_run_hours={max_run_hours:g}; {pod} was terminated (last known status {last_status})."
+    if verdict is Verdict.START_TIMEOUT:
+        return (
+            f"{pod} did not start the flow run within pod_start_timeout_seconds={start_timeout_seconds:g} "
+            f"(last known status {last_status}); it was terminated."
+        )
+    raise ValueError(f"verdict {verdict} does not crash a run")

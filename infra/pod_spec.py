@@ -1,0 +1,104 @@
+"""How a flow run's pod is named, labelled and started. Pure functions, shared by the worker and its sweep.
+
+Naming convention (the worker and its orphan sweep rely on it):
+
+* pod name ``ow-<work pool slug>-<flow run id>``: unique per flow run and the same on every attempt,
+  so a create that timed out after RunPod made the pod finds that pod instead of making a second;
+* env ``OW_RUNPOD_WORK_POOL=<work pool name>`` and ``PREFECT__FLOW_RUN_ID=<flow run id>``: the exact
+  owner, which the sweep reads because slugs of different pool names can collide.
+
+Dev pods (``infra.dev_pod``) are named ``ow-dev-…`` and carry no work-pool label, so no sweep touches them.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import uuid
+from collections.abc import Mapping
+
+from infra.runpod_models import Pod
+
+POD_NAME_PREFIX = "ow-"
+WORK_POOL_ENV = "OW_RUNPOD_WORK_POOL"
+FLOW_RUN_ID_ENV = "PREFECT__FLOW_RUN_ID"
+TTL_HOURS_ENV = "TTL_HOURS"
+# RunPod gives each pod its own, pod-scoped key under this name; the account key must never replace it.
+POD_API_KEY_ENV = "RUNPOD_API_KEY"
+POD_ENTRYPOINT = ("python", "-m", "infra.pod_entrypoint")
+# Placeholder until the pod image (infra/Dockerfile) is pushed somewhere RunPod can pull from.
+DEFAULT_IMAGE = "ow-prefect-pod:latest"
+# RunPod ids, roughly cheapest-per-GB first; a pool's gpu_types replaces this list.
+DEFAULT_GPU_TYPES = (
+    "NVIDIA RTX A6000",
+    "NVIDIA A40",
+    "NVIDIA L40S",
+    "NVIDIA A100 80GB PCIe",
+    "NVIDIA A100-SXM4-80GB",
+    "NVIDIA H100 80GB HBM3",
+    "NVIDIA H200",
+)
+_MAX_POOL_SLUG = 24
+_UUID_SUFFIX = re.compile(r"-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
+
+
+def pool_slug(work_pool_name: str) -> str:
+    """Lower-case letters, digits and dashes only, at most 24 characters (never empty)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", work_pool_name.lower()).strip("-")[:_MAX_POOL_SLUG].strip("-")
+    return slug or "pool"
+
+
+def pod_name_for(work_pool_name: str, flow_run_id: uuid.UUID) -> str:
+    """The one name a flow run's pod ever has: ``ow-<pool slug>-<flow run id>``."""
+    return f"{POD_NAME_PREFIX}{pool_slug(work_pool_name)}-{flow_run_id}"
+
+
+def belongs_to_pool(pod: Pod, work_pool_name: str) -> bool:
+    """Whether the pod was started by a ``runpod`` worker of this work pool."""
+    return pod.name.startswith(f"{POD_NAME_PREFIX}{pool_slug(work_pool_name)}-") and (
+        pod.env.get(WORK_POOL_ENV) == work_pool_name
+    )
+
+
+def flow_run_id_of(pod: Pod) -> uuid.UUID | None:
+    """The flow run a pod works for (its env, else its name), or None when neither says."""
+    for candidate in (pod.env.get(FLOW_RUN_ID_ENV), *(_UUID_SUFFIX.findall(pod.name) or [None])):
+        if candidate:
+            try:
+                return uuid.UUID(candidate)
+            except ValueError:
+                continue
+    return None
+
+
+def pod_start_command(flow_run_command: str) -> str:
+    """The pod's ``dockerArgs``: our entrypoint, then the flow-run command Prefect prepared.
+
+    Built as an argument list and joined with ``shlex`` so any quoting in the command survives the
+    trip through RunPod (and the emulator splits it back with ``shlex.split``).
+    """
+    arguments = shlex.split(flow_run_command)
+    if not arguments:
+        raise ValueError(
+            "the flow-run command is empty; leave the `command` job variable unset for Prefect's default"
+        )
+    return shlex.join([*POD_ENTRYPOINT, "--", *arguments])
+
+
+def pod_env(
+    job_env: Mapping[str, str | None],
+    *,
+    ttl_hours: float,
+    work_pool_name: str,
+    api_base_url: str | None,
+) -> dict[str, str]:
+    """The pod's environment: Prefect's (API URL, flow-run id, auth, and the user's and ``OW_*``
+    variables of the job configuration, passed through unchanged) plus what our pod side needs."""
+    env = {key: value for key, value in job_env.items() if value is not None}
+    env.pop(POD_API_KEY_ENV, None)
+    env[TTL_HOURS_ENV] = format(ttl_hours, "g")
+    env[WORK_POOL_ENV] = work_pool_name
+    if api_base_url:
+        # The pod ends itself through the same API the worker uses (an emulator or a proxy).
+        env["RUNPOD_API_BASE_URL"] = api_base_url
+    return env

@@ -1,0 +1,131 @@
+"""The TTL watchdog: terminates the pod it runs in once the time in ``~/shutdown.txt`` has passed.
+
+Started by the pod entrypoint (:mod:`infra.pod_entrypoint`) in every pod, flow-run and dev pods
+alike, as a safety net under the worker: if the worker dies, the flow hangs or a dev pod is
+forgotten, billing still ends. ``TTL_HOURS`` (default 24) sets the first deadline; the file is then
+the single source of truth, re-read at every check (``OW_TTL_CHECK_SECONDS``, default 60), so
+``python -m infra.ttl --extend`` works from inside the pod. A failed termination is retried at the
+next check.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from infra import ttl
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHECK_SECONDS = 60.0
+
+
+def _float_from_env(environ: dict[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
+    if not value > 0:
+        raise ValueError(f"environment variable {name}={raw!r} must be greater than 0")
+    return value
+
+
+class TtlWatchdog:
+    """Checks the shutdown file every ``check_interval_s`` and calls ``end_pod`` once it has passed."""
+
+    def __init__(
+        self,
+        *,
+        shutdown_file: Path,
+        ttl_hours: float,
+        check_interval_s: float,
+        end_pod: Callable[[str], bool],
+        clock: Callable[[], dt.datetime] = ttl.utc_now,
+    ):
+        self.shutdown_file = shutdown_file
+        self.ttl_hours = ttl_hours
+        self.check_interval_s = check_interval_s
+        self._end_pod = end_pod
+        self._clock = clock
+        self._deadline: dt.datetime | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_environment(
+        cls, end_pod: Callable[[str], bool], environ: dict[str, str] | None = None
+    ) -> TtlWatchdog:
+        environ = dict(os.environ if environ is None else environ)
+        return cls(
+            shutdown_file=ttl.shutdown_file(),
+            ttl_hours=_float_from_env(environ, "TTL_HOURS", ttl.DEFAULT_TTL_HOURS),
+            check_interval_s=_float_from_env(environ, "OW_TTL_CHECK_SECONDS", DEFAULT_CHECK_SECONDS),
+            end_pod=end_pod,
+        )
+
+    def initialize(self) -> dt.datetime:
+        """Write the first deadline, unless the file already holds one.
+
+        A file that exists belongs to this pod (the container disk is per pod) and means the
+        container restarted: keeping its deadline stops a crash loop from extending the TTL forever.
+        """
+        try:
+            self._deadline = ttl.read_deadline(self.shutdown_file)
+            logger.info(
+                "TTL watchdog: keeping existing deadline; this pod %s",
+                ttl.describe(self._deadline, self._clock()),
+            )
+        except ttl.TtlFileError:
+            self._deadline = ttl.deadline_after(self._clock(), self.ttl_hours)
+            ttl.write_deadline(self.shutdown_file, self._deadline)
+            logger.info(
+                "TTL watchdog: TTL %g h; this pod %s",
+                self.ttl_hours,
+                ttl.describe(self._deadline, self._clock()),
+            )
+        return self._deadline
+
+    def check_once(self) -> bool:
+        """One check: True when the deadline has passed and RunPod accepted the termination."""
+        try:
+            self._deadline = ttl.read_deadline(self.shutdown_file)
+        except ttl.TtlFileError as exc:
+            # A broken hand edit must neither kill the pod early nor disable the TTL.
+            logger.error("TTL watchdog: %s; keeping the last good deadline", exc)
+        if self._deadline is None:
+            return False
+        now = self._clock()
+        if ttl.remaining(self._deadline, now).total_seconds() > 0:
+            return False
+        return self._end_pod(f"TTL expired at {ttl.format_deadline(self._deadline)}")
+
+    def run(self) -> None:
+        """Check until the pod is gone (or :meth:`stop`); failures are retried at the next check."""
+        if self._deadline is None:
+            self.initialize()
+        while not self._stop.is_set():
+            try:
+                if self.check_once():
+                    logger.info(
+                        "TTL watchdog: RunPod accepted the termination; waiting for the container to stop"
+                    )
+            except Exception:  # noqa: BLE001 - the watchdog must outlive any single failure
+                logger.exception("TTL watchdog: check failed; retrying in %g s", self.check_interval_s)
+            self._stop.wait(self.check_interval_s)
+
+    def start(self) -> threading.Thread:
+        """Write the first deadline now, then check in a daemon thread."""
+        self.initialize()
+        self._thread = threading.Thread(target=self.run, name="ttl-watchdog", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self) -> None:
+        self._stop.set()

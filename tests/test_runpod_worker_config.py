@@ -1,0 +1,185 @@
+"""The ``runpod`` work pool's contract: its registered type and template, configurations built from
+them, ``kill_infrastructure``, and the orphan sweep against real Prefect and the emulator."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import uuid
+
+import anyio
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.exceptions import InfrastructureNotFound
+from prefect.states import Completed, Running
+from pydantic import ValidationError
+
+from blocks.runpod import RunPodCredentials
+from infra.pod_spec import pod_name_for
+from infra.pod_sweep import sweep_orphaned_pods
+from infra.runpod_api import RunPodClient
+from infra.runpod_models import PodSpec
+from infra.runpod_worker import RunPodJobConfiguration, RunPodWorker
+from tests.fixtures.runpod import runpod_base_job_template
+
+
+def test_prefect_finds_the_runpod_worker_type_and_its_default_template(prefect_server):
+    pool = f"cli-{uuid.uuid4().hex[:8]}"
+    result = subprocess.run(
+        [sys.executable, "-m", "prefect", "work-pool", "create", pool, "--type", "runpod"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    with get_client(sync_client=True) as client:
+        created = client.read_work_pool(pool)
+        client.delete_work_pool(pool)
+    assert created.type == "runpod"
+    assert created.base_job_template == RunPodWorker.get_default_base_job_template()
+
+
+def test_every_pool_variable_has_a_default_or_is_optional_and_a_description():
+    properties = RunPodWorker.get_default_base_job_template()["variables"]["properties"]
+    assert {
+        "image",
+        "gpu_types",
+        "gpu_count",
+        "cloud_type",
+        "container_disk_gb",
+        "volume_gb",
+        "network_volume_id",
+        "data_center_id",
+        "ports",
+        "env",
+        "ttl_hours",
+        "max_run_hours",
+        "allowed_cuda_versions",
+        "min_vcpu_count",
+        "min_memory_gb",
+        "min_vram_gb",
+        "runpod_credentials",
+        "poll_interval_seconds",
+    } <= set(properties)
+    assert not [name for name, schema in properties.items() if not schema.get("description")]
+    assert properties["ttl_hours"]["default"] == 24 and properties["min_vram_gb"]["default"] == 0
+
+
+def test_configuration_from_the_real_template_resolves_credentials_and_overrides(prefect_server):
+    block_id = RunPodCredentials(api_key="rpa_template_test", api_base_url="http://127.0.0.1:9/").save(
+        f"template-{uuid.uuid4().hex[:8]}"
+    )
+    template = runpod_base_job_template(block_id)
+    values = {"min_vram_gb": 40, "gpu_count": 2, "env": {"OW_STORE_BLOCK": "team-s3"}, "ports": ["8000/http"]}
+
+    configuration = anyio.run(lambda: RunPodJobConfiguration.from_template_and_values(template, values))
+
+    assert configuration.min_vram_gb == 40 and configuration.gpu_count == 2
+    assert configuration.env == {"OW_STORE_BLOCK": "team-s3"}
+    assert configuration.ports == ["8000/http"] and configuration.ttl_hours == 24
+    assert configuration.runpod_credentials.api_key.get_secret_value() == "rpa_template_test"
+    assert configuration.runpod_credentials.api_base_url == "http://127.0.0.1:9"
+    assert "rpa_template_test" not in repr(configuration)
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"ports": ["22"]}, "ports"),
+        ({"gpu_types": []}, "gpu_types"),
+        ({"gpu_types": [" "]}, "gpu_types"),
+        ({"cloud_type": "PRIVATE"}, "cloud_type"),
+        ({"ttl_hours": 0}, "ttl_hours"),
+        ({"min_vram_gb": -1}, "min_vram_gb"),
+        ({"gpu_prices": {"NVIDIA A40": -0.1}}, "gpu_prices"),
+    ],
+)
+def test_impossible_job_variables_are_refused_naming_the_variable(values, field):
+    with pytest.raises(ValidationError, match=field):
+        RunPodJobConfiguration(**values)
+
+
+def configuration_for(emulator) -> RunPodJobConfiguration:
+    return RunPodJobConfiguration(
+        runpod_credentials=RunPodCredentials(api_key=emulator.api_key, api_base_url=emulator.url)
+    )
+
+
+def test_kill_infrastructure_terminates_the_pod_and_a_missing_pod_is_not_found(runpod_emulator):
+    pod_id = RunPodClient(runpod_emulator.api_key, runpod_emulator.url).create_pod(
+        PodSpec(name="ow-kill", image="img", gpu_type_id="NVIDIA A40", docker_args="sleep 60")
+    )
+    worker = RunPodWorker(work_pool_name="kill-test")
+    configuration = configuration_for(runpod_emulator)
+
+    anyio.run(lambda: worker.kill_infrastructure(pod_id, configuration))
+    assert runpod_emulator.all_pods[pod_id].desired_status == "TERMINATED"
+    with pytest.raises(InfrastructureNotFound, match=pod_id):
+        anyio.run(lambda: worker.kill_infrastructure(pod_id, configuration))
+
+
+def test_the_sweep_ends_the_pools_pods_no_flow_run_needs_and_leaves_the_rest(prefect_server, runpod_emulator):
+    pool = f"sweep-{uuid.uuid4().hex[:6]}"
+    client = RunPodClient(runpod_emulator.api_key, runpod_emulator.url)
+
+    async def scenario():
+        async with get_client() as prefect:
+            from prefect import flow
+
+            @flow(name="sweep-subject")
+            def subject() -> None: ...
+
+            async def run_in(state):
+                return (await prefect.create_flow_run(subject, state=state)).id
+
+            finished, running, stopped_running = (
+                await run_in(Completed()),
+                await run_in(Running()),
+                await run_in(Running()),
+            )
+            missing = uuid.uuid4()
+
+            def pod_for(flow_run_id, *, pool_name=pool, name=None):
+                env = {"OW_RUNPOD_WORK_POOL": pool_name, "PREFECT__FLOW_RUN_ID": str(flow_run_id)}
+                spec = PodSpec(
+                    name=name or pod_name_for(pool_name, flow_run_id),
+                    image="img",
+                    gpu_type_id="NVIDIA A40",
+                    docker_args="sleep 60",
+                    env=env,
+                )
+                return client.create_pod(spec)
+
+            pods = {
+                "finished": pod_for(finished),
+                "running": pod_for(running),
+                "missing": pod_for(missing),
+                "stopped": pod_for(stopped_running),
+                "other pool": pod_for(uuid.uuid4(), pool_name="someone-else"),
+                "watched": pod_for(uuid.uuid4()),
+                "dev": client.create_pod(
+                    PodSpec(name="ow-dev-me-abc123", image="img", gpu_type_id="NVIDIA A40")
+                ),
+            }
+            client.stop_pod(pods["stopped"])
+            swept = await sweep_orphaned_pods(
+                runpod_client=client,
+                prefect_client=prefect,
+                work_pool_name=pool,
+                watched_pod_ids={pods["watched"]},
+                logger=logging.getLogger("test"),
+            )
+            crashed = await prefect.read_flow_run(stopped_running)
+            return pods, swept, crashed
+
+    pods, swept, crashed = anyio.run(scenario)
+
+    terminated = {
+        label
+        for label, pod_id in pods.items()
+        if runpod_emulator.all_pods[pod_id].desired_status == "TERMINATED"
+    }
+    assert terminated == {"finished", "missing", "stopped"}
+    assert {pod.id for pod, _ in swept} == {pods["finished"], pods["missing"], pods["stopped"]}
+    assert crashed.state.is_crashed() and pods["stopped"] in crashed.state.message

@@ -17,6 +17,9 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# Test processes (pytest-xdist, one file per process): each runs its own Prefect server and workers,
+# and much of an end-to-end test is waiting on them, so two overlap well even on two cores.
+TEST_WORKERS ?= 2
 
 .PHONY: help install demo test stop lint lock clean
 
@@ -41,7 +44,7 @@ demo: install
 	$(BIN)/python scripts/demo.py
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 stop:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/services.py stop; else echo "nothing to stop"; fi

@@ -69,6 +69,9 @@ if TYPE_CHECKING:
     from prefect.logging.loggers import PrefectLogAdapter
 
 SWEEP_INTERVAL_ENV = "OW_RUNPOD_SWEEP_INTERVAL_SECONDS"
+# How long after terminating a cancelled run's pod the worker keeps its Cancelled state: RunPod sends
+# SIGTERM, then SIGKILL, and an engine that reports its own end in between reports Crashed.
+CANCEL_SETTLE_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -295,6 +298,12 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             flow_run_phase(state_type), state_type, current.start_time is not None, current
         )
 
+    async def _keep_cancelled(self, flow_run_id: UUID, message: str) -> None:
+        """Mark a Cancelling run Cancelled, or a cancelled run its dying engine marked Crashed."""
+        current = await self._observe_flow_run(flow_run_id)
+        if current.flow_run is not None and current.state_type in (StateType.CANCELLING, StateType.CRASHED):
+            await self._mark_flow_run_as_cancelled(current.flow_run, state_updates={"message": message})
+
     async def _conclude(
         self,
         verdict: Verdict,
@@ -305,23 +314,27 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         seconds_since_launch: float,
         logger: PrefectLogAdapter,
     ) -> RunPodWorkerResult:
-        """Act on a verdict: terminate the pod in every case (billing stops), then settle the run's state."""
+        """Act on a verdict: terminate the pod in every case (billing stops) and settle the run's state.
+
+        A cancelled run is marked Cancelled before its pod is terminated, and kept Cancelled while the
+        pod goes down: an engine started without Prefect's runner (which handles cancellation itself)
+        sees only SIGTERM and forces Crashed, though what ended it was the user's cancellation.
+        """
         pod_id = watch.pod_id
+        cancelled_message = f"Cancelled; the worker is terminating RunPod pod {pod_id}."
+        if verdict is Verdict.CANCEL:
+            await self._keep_cancelled(flow_run.id, cancelled_message)
         try:
             if await anyio.to_thread.run_sync(client.terminate_pod, pod_id):
                 logger.info("Terminated RunPod pod %s (%s)", pod_id, verdict.value.replace("_", " "))
         except RunPodApiError as exc:
             logger.error("Could not terminate pod %s (%s); the worker's orphan sweep will retry", pod_id, exc)
-
         if verdict is Verdict.CANCEL:
-            # The pod's own engine would have moved Cancelling to Cancelled; it is gone now.
-            current = await self._observe_flow_run(flow_run.id)
-            if current.phase is FlowRunPhase.CANCELLING and current.flow_run is not None:
-                await self._mark_flow_run_as_cancelled(
-                    current.flow_run,
-                    state_updates={"message": f"Cancelled; RunPod pod {pod_id} was terminated."},
-                )
             logger.info("Flow run cancelled; RunPod pod %s terminated", pod_id)
+            with anyio.move_on_after(CANCEL_SETTLE_SECONDS):
+                while True:
+                    await anyio.sleep(configuration.poll_interval_seconds)
+                    await self._keep_cancelled(flow_run.id, cancelled_message)
         if not verdict.crashes_run:
             return RunPodWorkerResult(identifier=pod_id, status_code=0)
         message = crash_message(

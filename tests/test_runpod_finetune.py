@@ -54,7 +54,9 @@ def runpod_project(prefect_server, conversations_path: Path, tmp_path_factory) -
             local_stack.ensure_process_pool(local_stack.CONTROL_POOL)
             env = local_stack.worker_env()
             started.append(
-                local_stack.start_worker(local_stack.CONTROL_POOL, "process", root / "logs" / "control.log", env=env)
+                local_stack.start_worker(
+                    local_stack.CONTROL_POOL, "process", root / "logs" / "control.log", env=env
+                )
             )
             gpu_worker = start_worker_process(local_stack.GPU_POOL, root / "logs")
             started.append(gpu_worker.process)

@@ -38,6 +38,9 @@ def main() -> None:
             max_length=settings["max_seq_length"],
             report_to=[],
             use_cpu=True,
+            # trl's SFTConfig defaults to bf16 autocast even on CPU; ours trains in float32 there (bf16 is
+            # emulated, and several times slower, on CPUs without native support). Same arithmetic for both.
+            bf16=False,
             disable_tqdm=True,
             dataloader_num_workers=0,
             include_num_input_tokens_seen="non_padding",

@@ -55,7 +55,7 @@ class InferenceResult:
     completions: int
     prompt_tokens: int
     generated_tokens: int
-    seconds: float  # generation only: reading, tokenising, generating and writing; not model loading
+    seconds: float  # generation only: reading, tokenising, generating and writing; not model loading or progress reports
     backend: str
 
     @property
@@ -125,9 +125,17 @@ def generate_file(
     size = batch_size or DEFAULT_BATCH_SIZE.get(generator.name, 8)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    reporting = 0.0  # time spent reporting progress (API calls), which is not generation
+
+    def report(done: int) -> None:
+        nonlocal reporting
+        if progress:
+            began = time.monotonic()
+            progress(done, total)
+            reporting += time.monotonic() - began
+
     rows = completions = prompt_tokens = generated_tokens = 0
-    if progress:
-        progress(0, total)
+    report(0)
     descriptor, partial = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
@@ -140,8 +148,7 @@ def generate_file(
                     completions += len(samples)
                     generated_tokens += sum(len(sample.token_ids) for sample in samples)
                 rows += len(batch)
-                if progress:
-                    progress(rows, total)
+                report(rows)
         os.replace(partial, output_path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
@@ -152,7 +159,7 @@ def generate_file(
         completions=completions,
         prompt_tokens=prompt_tokens,
         generated_tokens=generated_tokens,
-        seconds=time.monotonic() - started,
+        seconds=time.monotonic() - started - reporting,
         backend=generator.name,
     )
     logger.info(

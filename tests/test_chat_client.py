@@ -69,8 +69,11 @@ def test_rate_limiter_spaces_request_starts():
     for _ in range(5):
         with limiter:
             starts.append(time.monotonic())
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert min(gaps) >= 0.045
+    # Start i waits for its slot, i intervals after the first start. (Two consecutive starts can be
+    # closer than one interval when a loaded machine wakes the earlier one late: the slots still hold.)
+    offsets = [start - starts[0] for start in starts]
+    assert all(offset >= index * 0.05 - 0.002 for index, offset in enumerate(offsets)), offsets
+    assert offsets[-1] < 1.0  # and it does not wait much longer than that
 
 
 def test_rate_limiter_bounds_requests_in_flight():

@@ -139,19 +139,28 @@ def test_env_values_with_quotes_newlines_backslashes_and_non_ascii_arrive_intact
     assert {k: v for k, v in pod_of(stack.emulator, flow_run_id).env.items() if k in awkward} == awkward
 
 
-def test_cancelling_a_running_flow_run_terminates_its_pod_within_a_poll(reset_runpod_stack):
-    stack = reset_runpod_stack
-    deployment = deploy_to_pool(runpod_flows.sleep_for, stack.pool.name)
+def start_a_long_run(stack, **job_variables):
+    """A 300 s flow run on the shared pool, running in its pod: (flow run id, pod)."""
+    deployment = deploy_to_pool(runpod_flows.sleep_for, stack.pool.name, **job_variables)
     flow_run_id = submit(deployment, {"seconds": 300})
     wait_for_flow_run(flow_run_id, until=is_running, timeout=90)
-    pod = pod_of(stack.emulator, flow_run_id)
+    return flow_run_id, pod_of(stack.emulator, flow_run_id)
 
+
+def cancel_from_the_cli(flow_run_id) -> None:
     subprocess.run(
         [sys.executable, "-m", "prefect", "flow-run", "cancel", str(flow_run_id)],
         check=True,
         capture_output=True,
         timeout=60,
     )
+
+
+def test_cancelling_a_running_flow_run_terminates_its_pod_within_a_poll(reset_runpod_stack):
+    stack = reset_runpod_stack
+    flow_run_id, pod = start_a_long_run(stack)
+
+    cancel_from_the_cli(flow_run_id)
     cancelled_at = time.monotonic()
     stack.emulator.wait_until(lambda: pod.desired_status == "TERMINATED", 15, "the pod to be terminated")
 
@@ -163,17 +172,9 @@ def test_cancelling_a_running_flow_run_terminates_its_pod_within_a_poll(reset_ru
 def test_cancelling_a_run_whose_pod_cannot_cancel_itself_still_ends_pod_and_run(reset_runpod_stack):
     """Without `prefect flow-run execute` nothing in the pod watches for cancellation: the worker must."""
     stack = reset_runpod_stack
-    deployment = deploy_to_pool(runpod_flows.sleep_for, stack.pool.name, command="python -m prefect.engine")
-    flow_run_id = submit(deployment, {"seconds": 300})
-    wait_for_flow_run(flow_run_id, until=is_running, timeout=90)
-    pod = pod_of(stack.emulator, flow_run_id)
+    flow_run_id, pod = start_a_long_run(stack, command="python -m prefect.engine")
 
-    subprocess.run(
-        [sys.executable, "-m", "prefect", "flow-run", "cancel", str(flow_run_id)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    cancel_from_the_cli(flow_run_id)
 
     # The engine, killed by SIGTERM with no runner to tell it why, forces Crashed for a moment; the
     # worker keeps the run Cancelled while its pod goes down.
@@ -186,10 +187,7 @@ def test_cancelling_a_run_whose_pod_cannot_cancel_itself_still_ends_pod_and_run(
 
 def test_a_pod_that_disappears_mid_run_gives_a_crashed_run_and_no_pod_left(reset_runpod_stack):
     stack = reset_runpod_stack
-    deployment = deploy_to_pool(runpod_flows.sleep_for, stack.pool.name)
-    flow_run_id = submit(deployment, {"seconds": 300})
-    wait_for_flow_run(flow_run_id, until=is_running, timeout=90)
-    pod = pod_of(stack.emulator, flow_run_id)
+    flow_run_id, pod = start_a_long_run(stack)
 
     stack.emulator.vanish(pod.id)  # its host failed
 

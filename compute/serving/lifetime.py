@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import time
+from typing import Literal, Protocol
 
 ShutdownReason = Literal["idle", "hard_timeout"]
+
+
+class WatchedServer(Protocol):
+    """What :func:`wait_until_shutdown` needs of a server (ours and the vLLM process both have it)."""
+
+    @property
+    def running(self) -> bool: ...
+
+    def shutdown_reason(self) -> ShutdownReason | None: ...
 
 
 def shutdown_reason(
@@ -24,3 +34,15 @@ def shutdown_reason(
     if not busy and now - max(last_activity, started_at) >= idle_timeout_seconds:
         return "idle"
     return None
+
+
+def wait_until_shutdown(server: WatchedServer, poll_seconds: float = 5.0) -> ShutdownReason | str:
+    """Block until the server's timeouts say to stop (``"idle"`` / ``"hard_timeout"``) or it stopped on
+    its own (``"exited"``). Does not stop the server: the caller does."""
+    while True:
+        if not server.running:
+            return "exited"
+        reason = server.shutdown_reason()
+        if reason is not None:
+            return reason
+        time.sleep(poll_seconds)

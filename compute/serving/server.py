@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from compute.serving.lifetime import ShutdownReason, shutdown_reason
+from compute.serving.lifetime import ShutdownReason, shutdown_reason, wait_until_shutdown
 from jobs.serve import ServeConfig
 
 logger = logging.getLogger(__name__)
@@ -210,15 +210,8 @@ class TransformersOpenAIServer:
         )
 
     def wait_until_shutdown(self, poll_seconds: float = 5.0) -> ShutdownReason | str:
-        """Block until a timeout of the config says to stop (returns ``"idle"`` / ``"hard_timeout"``),
-        or the server stopped on its own (``"exited"``). Does not stop the server: the caller does."""
-        while True:
-            if not self.running:
-                return "exited"
-            reason = self.shutdown_reason()
-            if reason is not None:
-                return reason
-            time.sleep(poll_seconds)
+        """Until the config's timeouts say to stop, or the server exited (see ``lifetime.wait_until_shutdown``)."""
+        return wait_until_shutdown(self, poll_seconds)
 
     def _require_started(self) -> None:
         if self._engine is None:

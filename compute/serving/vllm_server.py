@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
-from compute.serving.lifetime import ShutdownReason, shutdown_reason
+from compute.serving.lifetime import ShutdownReason, shutdown_reason, wait_until_shutdown
 from compute.serving.vllm_command import build_vllm_serve_command, vllm_serve_environment
 from jobs.serve import ServeConfig
 
@@ -136,10 +136,5 @@ class VllmServer:
         )
 
     def wait_until_shutdown(self, poll_seconds: float = 5.0) -> ShutdownReason | str:
-        while True:
-            if not self.running:
-                return "exited"
-            reason = self.shutdown_reason()
-            if reason is not None:
-                return reason
-            time.sleep(poll_seconds)
+        """Until the config's timeouts say to stop, or the server exited (see ``lifetime.wait_until_shutdown``)."""
+        return wait_until_shutdown(self, poll_seconds)

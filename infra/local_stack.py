@@ -170,6 +170,10 @@ def worker_env(base_env: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("PREFECT_WORKER_PREFETCH_SECONDS", "5")
     env.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "compute")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # A run cancelled while still Pending (picked up, process not started) has nobody else to end it:
+    # without this, it stays Cancelling. Prefect's worker handles it when asked to.
+    env.setdefault("PREFECT_WORKER_ENABLE_CANCELLATION", "true")
+    env.setdefault("PREFECT_WORKER_CANCELLATION_POLL_SECONDS", "5")
     return env
 
 

@@ -34,7 +34,7 @@ def main() -> None:
             weight_decay=0.01,
             logging_steps=1,
             save_strategy="no",
-            seed=3407,
+            seed=settings.get("seed", 3407),
             max_length=settings["max_seq_length"],
             report_to=[],
             use_cpu=True,

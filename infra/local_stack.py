@@ -163,9 +163,20 @@ GPU_POOL = "ow-gpu"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+# What a local process pool starts for each flow run. Prefect's process worker, left to generate the
+# command, starts a workspace supervisor (a Python process importing Prefect, ≈ 2 s here) that then
+# starts this same engine; a job starts two flow runs, so naming the command saves ≈ 4 s a job. The
+# engine still runs the deployment's pull steps itself. `python` is the workers' interpreter:
+# worker_env puts its directory first on PATH.
+ENGINE_COMMAND = "python -m prefect.engine"
+
+
 def worker_env(base_env: dict[str, str] | None = None) -> dict[str, str]:
     """Environment of local workers (and so of the flow runs they start)."""
     env = dict(base_env if base_env is not None else os.environ)
+    interpreter_dir = str(Path(sys.executable).parent)
+    if env.get("PATH", "").split(os.pathsep)[0] != interpreter_dir:
+        env["PATH"] = os.pathsep.join(filter(None, [interpreter_dir, env.get("PATH")]))
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "1")
     env.setdefault("PREFECT_WORKER_PREFETCH_SECONDS", "5")
     env.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "compute")
@@ -177,12 +188,20 @@ def worker_env(base_env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def process_pool_template() -> dict:
+    """Prefect's process-pool job template, with :data:`ENGINE_COMMAND` as the default command."""
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    template["variables"]["properties"]["command"]["default"] = ENGINE_COMMAND
+    return template
+
+
 def ensure_process_pool(name: str, concurrency_limit: int | None = None) -> bool:
     """Create a ``process`` work pool unless it exists; True if it was created."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-    from prefect.workers.process import ProcessWorker
 
     with get_client(sync_client=True) as client:
         try:
@@ -195,7 +214,7 @@ def ensure_process_pool(name: str, concurrency_limit: int | None = None) -> bool
                 WorkPoolCreate(
                     name=name,
                     type="process",
-                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                    base_job_template=process_pool_template(),
                     concurrency_limit=concurrency_limit,
                 )
             )

@@ -193,3 +193,25 @@ def test_vllm_only_options_are_refused_on_the_transformers_backend(tiny_model_di
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(line + "\n" for line in lines))
     return path
+
+
+def test_temperature_one_samples_from_the_whole_vocabulary(generator, tmp_path):
+    """As in vLLM and OpenAI's API, no top-k cut is applied (transformers before v5 kept only the
+    50 likeliest tokens by default): some sampled token ranks below the 50th."""
+    import torch
+
+    path = write_jsonl(tmp_path / "one.jsonl", [{"text": "1 plus 2 is"}])
+    settings = SamplingSettings(max_tokens=40, min_tokens=40, temperature=1.0, logprobs=0, seed=3)
+    row = read_rows(generate_file(generator, path, tmp_path / "out.jsonl", settings).output_path)[0]
+    from compute.generation.prompts import encode_row
+    from compute.generation.rows import read_prompt_rows
+
+    prompt = encode_row(generator.tokenizer, next(iter(read_prompt_rows(path))))
+    tokens = [entry["token_id"] for entry in row["logprobs"]]
+    with torch.no_grad():
+        logits = generator.model(torch.tensor([prompt + tokens])).logits[0]
+    ranks = [
+        int((logits[len(prompt) - 1 + step] > logits[len(prompt) - 1 + step, token]).sum())
+        for step, token in enumerate(tokens)
+    ]
+    assert max(ranks) >= 50, ranks

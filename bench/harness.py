@@ -129,3 +129,27 @@ def job_record(run) -> dict:
 
     job_id = next(tag.split(":", 1)[1] for tag in run.tags if tag.startswith("ow-job:"))
     return load_artifact_store().read_json(f"jobs/{job_id}/result.json")
+
+
+def alternate_sft_rounds(model_dir, data, settings: dict, rounds: int) -> list[tuple[dict, float, dict]]:
+    """The plain trl script, then ``finetune/sft``, ``rounds`` times; each round is a new job (seed
+    3407 + round, for both). Returns (baseline report, our wall seconds, our metrics) per round.
+
+    Alternating puts both under the same background load, which on a small machine varies by
+    ±20 % between runs. Needs the stack up (:func:`embedded_stack`).
+    """
+    from blocks.storage import load_artifact_store
+    from store.files import upload_file
+
+    file_id = upload_file(load_artifact_store(), data, "conversations").id
+    results = []
+    for round_number in range(rounds):
+        round_settings = {**settings, "seed": 3407 + round_number}
+        baseline = run_plain_trl(model_dir, data, round_settings, HOME / f"plain-trl-{round_number}")
+        log(f"plain trl: {baseline['wall_seconds']:.1f} s wall, {baseline['tokens']} tokens in {baseline['train_runtime']:.1f} s")
+        run, wall = submit_and_wait("finetune/sft", sft_flow_params(model_dir, file_id, round_settings))
+        assert run.state.is_completed(), run.state.message
+        metrics = job_record(run)["metrics"]
+        log(f"ours: {wall:.1f} s wall, {metrics['num_input_tokens_seen']} tokens in {metrics['train_runtime']:.1f} s")
+        results.append((baseline, wall, metrics))
+    return results

@@ -14,40 +14,17 @@ Target: ratio ≤ 1.15 for a job that trains ≥ 60 s.
 import json
 import sys
 
-from harness import (
-    HOME,
-    embedded_stack,
-    job_record,
-    log,
-    median,
-    run_plain_trl,
-    sft_bench_inputs,
-    sft_flow_params,
-    submit_and_wait,
-)
+from harness import alternate_sft_rounds, embedded_stack, median, sft_bench_inputs
 
 
 def main(max_steps: int, rounds: int) -> None:
-    from blocks.storage import load_artifact_store
-    from store.files import upload_file
-
     model_dir, data, settings = sft_bench_inputs(max_steps)
-    ours_walls, ours_training, baseline_walls, baseline_training = [], [], [], []
+    # The baseline runs with the stack up too, so both share the machine with the same idle server and workers.
     with embedded_stack():
-        file_id = upload_file(load_artifact_store(), data, "conversations").id
-        # The baseline runs with the stack up too, so both share the machine with the same idle server and workers.
-        for round_number in range(rounds):
-            round_settings = {**settings, "seed": 3407 + round_number}
-            baseline = run_plain_trl(model_dir, data, round_settings, HOME / f"plain-trl-{round_number}")
-            baseline_walls.append(baseline["wall_seconds"])
-            baseline_training.append(baseline["train_runtime"])
-            log(f"baseline: {baseline['wall_seconds']:.1f} s wall, {baseline['train_runtime']:.1f} s training")
-            run, wall = submit_and_wait("finetune/sft", sft_flow_params(model_dir, file_id, round_settings))
-            assert run.state.is_completed(), run.state.message
-            ours_walls.append(wall)
-            ours_training.append(job_record(run)["metrics"]["train_runtime"])
-            log(f"ours: {wall:.1f} s wall, {ours_training[-1]:.1f} s training")
-    ours, baseline_wall = median(ours_walls), median(baseline_walls)
+        results = alternate_sft_rounds(model_dir, data, settings, rounds)
+    ours, baseline_wall = median([wall for _, wall, _ in results]), median([baseline["wall_seconds"] for baseline, _, _ in results])
+    ours_training = [metrics["train_runtime"] for _, _, metrics in results]
+    baseline_training = [baseline["train_runtime"] for baseline, _, _ in results]
     print(
         json.dumps(
             {

@@ -12,39 +12,15 @@ of background load on a small machine does not decide the result. Target: ratio 
 import json
 import sys
 
-from harness import (
-    HOME,
-    embedded_stack,
-    job_record,
-    log,
-    median,
-    run_plain_trl,
-    sft_bench_inputs,
-    sft_flow_params,
-    submit_and_wait,
-)
+from harness import alternate_sft_rounds, embedded_stack, median, sft_bench_inputs
 
 
 def main(max_steps: int, rounds: int) -> None:
-    from blocks.storage import load_artifact_store
-    from store.files import upload_file
-
     model_dir, data, settings = sft_bench_inputs(max_steps)
-    ours_rates, baseline_rates = [], []
     with embedded_stack():
-        file_id = upload_file(load_artifact_store(), data, "conversations").id
-        for round_number in range(rounds):
-            round_settings = {**settings, "seed": 3407 + round_number}
-            baseline = run_plain_trl(model_dir, data, round_settings, HOME / f"plain-trl-{round_number}")
-            baseline_rates.append(baseline["tokens_per_second"])
-            log(f"plain trl: {baseline['tokens']} tokens in {baseline['train_runtime']:.1f} s")
-            params = sft_flow_params(model_dir, file_id, round_settings)
-            run, _ = submit_and_wait("finetune/sft", params)
-            assert run.state.is_completed(), run.state.message
-            metrics = job_record(run)["metrics"]
-            ours_rates.append(metrics["num_input_tokens_seen"] / metrics["train_runtime"])
-            log(f"ours: {metrics['num_input_tokens_seen']} tokens in {metrics['train_runtime']:.1f} s")
-    ours, baseline_rate = median(ours_rates), median(baseline_rates)
+        results = alternate_sft_rounds(model_dir, data, settings, rounds)
+    baseline_rate = median([baseline["tokens_per_second"] for baseline, _, _ in results])
+    ours = median([metrics["num_input_tokens_seen"] / metrics["train_runtime"] for _, _, metrics in results])
     print(
         json.dumps(
             {

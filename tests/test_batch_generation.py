@@ -210,8 +210,6 @@ def test_temperature_one_samples_from_the_whole_vocabulary(generator, tmp_path):
     tokens = [entry["token_id"] for entry in row["logprobs"]]
     with torch.no_grad():
         logits = generator.model(torch.tensor([prompt + tokens])).logits[0]
-    ranks = [
-        int((logits[len(prompt) - 1 + step] > logits[len(prompt) - 1 + step, token]).sum())
-        for step, token in enumerate(tokens)
-    ]
+    step_logits = logits[len(prompt) - 1 :]  # the distribution each generated token was drawn from
+    ranks = [int((step_logits[step] > step_logits[step, token]).sum()) for step, token in enumerate(tokens)]
     assert max(ranks) >= 50, ranks

@@ -58,6 +58,8 @@ def gpu_stage(job_type: str, job_id: str, params: dict[str, Any], store_block: s
     try:
         result = spec.stage_function()(config, context)
     except BaseException as exc:
+        reporter.flush_metrics()  # what was logged before the failure stays visible
+        reporter.drain()
         emit_job_event("failed", job_id, job_type, {"error": f"{type(exc).__name__}: {exc}"[:2000]})
         raise
     record = JobRecord(

@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -28,7 +28,10 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
+from prefect.exceptions import FlowRunWaitTimeout
+from prefect.flow_runs import wait_for_flow_run
 from prefect.states import Cancelling
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from blocks.storage import load_artifact_store, store_block_name
 from jobs.records import result_key
@@ -120,13 +123,28 @@ def run_gpu_stage(job_id: str, job_type: str, params: dict[str, Any], job_variab
     return load_artifact_store().read_json(result_key(job_id))
 
 
-def _wait_until_final(flow_run_id, poll_seconds: float = 1.0):
-    with get_client(sync_client=True) as client:
-        while True:
-            flow_run = client.read_flow_run(flow_run_id)
+def _wait_until_final(flow_run_id, recheck_seconds: int = 60):
+    """The GPU-stage run once it is final, woken by the server's event stream.
+
+    Polling once a second for an hour-long stage loads the server for nothing, and on the
+    embedded default that server shares the CPUs the stage trains on. Prefect's
+    ``wait_for_flow_run`` subscribes to the run's state events (reading the run once after
+    subscribing, so a run that ended first is seen); it is re-armed every ``recheck_seconds``
+    so a missed event costs at most that long. If the event stream cannot be reached, the run
+    is polled every few seconds instead.
+    """
+    while True:
+        try:
+            return run_coro_as_sync(wait_for_flow_run(flow_run_id, timeout=recheck_seconds))
+        except FlowRunWaitTimeout:
+            continue
+        except Exception as exc:  # noqa: BLE001 - the event stream is an optimisation; polling still works
+            get_run_logger().debug("event stream unavailable (%s); polling the GPU-stage run", exc)
+            with get_client(sync_client=True) as client:
+                flow_run = client.read_flow_run(flow_run_id)
             if flow_run.state is not None and flow_run.state.is_final():
                 return flow_run
-            time.sleep(poll_seconds)
+            time.sleep(5)
 
 
 def _cancel_if_running(flow_run_id) -> None:

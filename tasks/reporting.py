@@ -4,12 +4,21 @@ What a user sees in the flow run of a job: a progress artifact (updated at most 
 ``progress_interval`` seconds), a metrics table (loss, learning rate, grad norm, eval loss, …;
 a new version at most every ``table_interval`` seconds and at the end), tables the job
 publishes (samples, eval results), log lines, and ``ow.job.*`` events automations can react to.
+
+Every call that talks to the Prefect API goes through one background sender thread, in order:
+training and generation hand a report over and carry on, so a slow or busy server never
+stalls a GPU step (on the embedded default the server shares the machine's CPUs with the job).
+A report that fails is logged and dropped; the UI is not worth a lost training run.
 """
 
 from __future__ import annotations
 
+import contextvars
+import queue
 import re
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger
@@ -44,6 +53,47 @@ def emit_job_event(name: str, job_id: str, job_type: str, payload: dict[str, Any
     )
 
 
+class ReportSender:
+    """Runs API calls in order on one daemon thread, each in the context of the code that asked.
+
+    The context (the flow run Prefect's artifact and event functions attach to) is copied when a
+    call is queued; :meth:`drain` waits until everything queued so far has been sent.
+    """
+
+    def __init__(self, logger):
+        self._logger = logger
+        self._calls: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def send(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ow-report-sender", daemon=True)
+                self._thread.start()
+        self._calls.put((contextvars.copy_context(), call, args, kwargs))
+
+    def drain(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._calls.all_tasks_done:
+            while self._calls.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._logger.warning("gave up waiting for %d report(s) to reach the Prefect API", self._calls.unfinished_tasks)
+                    return
+                self._calls.all_tasks_done.wait(remaining)
+
+    def _run(self) -> None:
+        while True:
+            context, call, args, kwargs = self._calls.get()
+            try:
+                context.run(call, *args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - a report is not worth failing the job for
+                self._logger.warning("could not send %s to the Prefect API: %s", getattr(call, "__name__", call), exc)
+            finally:
+                self._calls.task_done()
+
+
 class PrefectReporter:
     def __init__(self, job_id: str, job_type: str, progress_interval: float = 3.0, table_interval: float = 15.0):
         self.job_id = job_id
@@ -52,6 +102,7 @@ class PrefectReporter:
         self.table_interval = table_interval
         self.logger = get_run_logger()
         self.rows: list[dict[str, Any]] = []
+        self._sender = ReportSender(self.logger)
         self._progress_id = None
         self._last_progress = 0.0
         self._last_table = 0.0
@@ -68,13 +119,16 @@ class PrefectReporter:
         if fraction == self._last_fraction or (now - self._last_progress < self.progress_interval and not finished):
             return
         text = f"{description}: {done}/{total}" if description else f"{done}/{total}"
+        self._sender.send(self._send_progress, fraction, text)
+        self._last_progress, self._last_fraction = now, fraction
+
+    def _send_progress(self, fraction: float, text: str) -> None:
         if self._progress_id is None:
             self._progress_id = create_progress_artifact(
                 progress=fraction, key=artifact_key(self.job_id, "progress"), description=text
             )
         else:
             update_progress_artifact(artifact_id=self._progress_id, progress=fraction, description=text)
-        self._last_progress, self._last_fraction = now, fraction
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self.rows.append({"step": step, **values})
@@ -84,13 +138,15 @@ class PrefectReporter:
             self.flush_metrics()
 
     def table(self, name: str, rows: list[dict[str, Any]], description: str = "") -> None:
-        create_table_artifact(table=rows, key=artifact_key(self.job_id, name), description=description or name)
+        self._sender.send(
+            create_table_artifact, table=list(rows), key=artifact_key(self.job_id, name), description=description or name
+        )
 
     def event(self, name: str, payload: dict[str, Any]) -> None:
-        emit_job_event(name, self.job_id, self.job_type, payload)
+        self._sender.send(emit_job_event, name, self.job_id, self.job_type, payload)
 
     def link(self, name: str, url: str, description: str = "") -> None:
-        create_link_artifact(link=url, link_text=description or url, key=artifact_key(self.job_id, name))
+        self._sender.send(create_link_artifact, link=url, link_text=description or url, key=artifact_key(self.job_id, name))
 
     def log(self, message: str) -> None:
         self.logger.info(message)
@@ -103,19 +159,25 @@ class PrefectReporter:
         columns = [c for c in METRIC_COLUMNS_FIRST if any(c in row for row in self.rows)]
         columns += sorted({key for row in self.rows for key in row} - set(columns))
         table = [{column: row.get(column) for column in columns} for row in self.rows]
-        create_table_artifact(
+        self._sender.send(
+            create_table_artifact,
             table=table,
             key=artifact_key(self.job_id, "metrics"),
             description=f"Metrics logged by {self.job_id}",
         )
         self._last_table = time.monotonic()
 
+    def drain(self) -> None:
+        """Wait until every report so far has reached the API (before the flow run ends)."""
+        self._sender.drain()
+
     def finish(self, summary_markdown: str, links: dict[str, str]) -> None:
         self.flush_metrics()
-        if self._progress_id is not None and self._last_fraction < 100:
-            update_progress_artifact(artifact_id=self._progress_id, progress=100.0, description="done")
+        if self._last_fraction >= 0 and self._last_fraction < 100:
+            self._sender.send(self._send_progress, 100.0, "done")
         for name, uri in links.items():
             if "://" not in uri:  # e.g. a file ID: shown in the summary, not a clickable link
                 continue
-            create_link_artifact(link=uri, link_text=f"{name}: {uri}", key=artifact_key(self.job_id, name))
-        create_markdown_artifact(markdown=summary_markdown, key=artifact_key(self.job_id, "summary"))
+            self.link(name, uri, f"{name}: {uri}")
+        self._sender.send(create_markdown_artifact, markdown=summary_markdown, key=artifact_key(self.job_id, "summary"))
+        self.drain()

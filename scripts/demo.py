@@ -85,12 +85,18 @@ def cached_task_state(run_id) -> str:
         TaskRunFilterName,
     )
 
+    # The server records task runs from their engine's events, a moment after the flow run ends.
+    deadline = time.monotonic() + 30
     with get_client(sync_client=True) as client:
-        tasks = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="gpu-stage")),
-        )
-    return tasks[0].state.name if tasks else "missing"
+        while True:
+            tasks = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="gpu-stage")),
+            )
+            state = tasks[0].state if tasks else None
+            if (state is not None and state.is_final()) or time.monotonic() > deadline:
+                return state.name if state is not None else "missing"
+            time.sleep(0.5)
 
 
 def main() -> int:

@@ -8,7 +8,6 @@ so the tests exercise exactly what the demo runs.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -69,24 +68,6 @@ def server_env(prefect_home: Path, base_env: dict[str, str] | None = None) -> di
     return env
 
 
-# The embedded server shares the machine's CPUs with the jobs it tracks. Its work (answering
-# polls, storing logs and events) can wait a few milliseconds; a training step whose threads are
-# preempted by it cannot, so it runs at a lower scheduling priority. OW_SERVER_NICE=0 turns it off.
-SERVER_NICENESS = 10
-
-
-def server_niceness(env: dict[str, str] | None = None) -> int:
-    """How much lower than ours the server's priority is (``OW_SERVER_NICE``, default 10)."""
-    value = (env if env is not None else os.environ).get("OW_SERVER_NICE", str(SERVER_NICENESS))
-    try:
-        niceness = int(value)
-    except ValueError:
-        raise ValueError(f"OW_SERVER_NICE must be an integer from 0 to 19, got {value!r}") from None
-    if not 0 <= niceness <= 19:
-        raise ValueError(f"OW_SERVER_NICE must be an integer from 0 to 19, got {value!r}")
-    return niceness
-
-
 def start_server(
     prefect_home: Path,
     port: int,
@@ -98,11 +79,8 @@ def start_server(
 ) -> subprocess.Popen:
     """Start ``prefect server start`` on loopback; the caller waits with :func:`wait_healthy`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    niceness = server_niceness(base_env)
     command = [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     command.append("--ui" if ui else "--no-ui")
-    if niceness and shutil.which("nice"):  # coreutils; absent on Windows, where it is skipped
-        command = ["nice", "-n", str(niceness), *command]
     with log_path.open("ab") as log:
         return subprocess.Popen(
             command,

@@ -33,27 +33,3 @@ def test_local_pools_start_the_engine_with_the_workers_interpreter(ow_stack):
     found = subprocess.run([python, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True, check=True)
     assert found.stdout.strip() == sys.prefix
 
-
-def test_the_embedded_server_runs_at_a_lower_priority_than_the_jobs(prefect_server):
-    """On one machine the server's bookkeeping must not preempt a training step's threads."""
-    import os
-
-    import psutil
-
-    port = prefect_server.rsplit(":", 1)[1].split("/")[0]
-    servers = [
-        process
-        for process in psutil.process_iter(["cmdline"])
-        if "server" in (process.info["cmdline"] or []) and port in (process.info["cmdline"] or [])
-    ]
-    assert servers, f"no prefect server process on port {port}"
-    assert {server.nice() for server in servers} == {os.nice(0) + local_stack.SERVER_NICENESS}
-
-
-def test_a_bad_server_niceness_names_the_variable():
-    import pytest
-
-    assert local_stack.server_niceness({"OW_SERVER_NICE": "0"}) == 0
-    for bad in ("high", "20", "-1"):
-        with pytest.raises(ValueError, match="OW_SERVER_NICE must be an integer from 0 to 19"):
-            local_stack.server_niceness({"OW_SERVER_NICE": bad})

@@ -196,8 +196,10 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 
 
 def test_temperature_one_samples_from_the_whole_vocabulary(generator, tmp_path):
-    """As in vLLM and OpenAI's API, no top-k cut is applied (transformers before v5 kept only the
-    50 likeliest tokens by default): some sampled token ranks below the 50th."""
+    """As in vLLM and OpenAI's API, no top-k cut is applied (transformers' generate() keeps only the
+    50 likeliest tokens when top_k is unset). The untrained model's distribution is nearly flat
+    over ~500 tokens, so without a cut most draws rank below the 50th; with one, none would
+    (beyond a tie from the batched forward pass)."""
     import torch
 
     path = write_jsonl(tmp_path / "one.jsonl", [{"text": "1 plus 2 is"}])
@@ -212,4 +214,4 @@ def test_temperature_one_samples_from_the_whole_vocabulary(generator, tmp_path):
         logits = generator.model(torch.tensor([prompt + tokens])).logits[0]
     step_logits = logits[len(prompt) - 1 :]  # the distribution each generated token was drawn from
     ranks = [int((step_logits[step] > step_logits[step, token]).sum()) for step, token in enumerate(tokens)]
-    assert max(ranks) >= 50, ranks
+    assert sum(rank >= 50 for rank in ranks) >= len(ranks) // 2, ranks

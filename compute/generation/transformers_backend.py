@@ -290,10 +290,14 @@ class TransformersGenerator:
     def _generation_config(self, settings: SamplingSettings, max_new_tokens: int):
         from transformers import GenerationConfig
 
+        # Temperature and top-p are applied by our own processors (see :meth:`_processors`); top-k
+        # must be switched off explicitly, since generate() fills an unset top_k with 50, a cut
+        # that vLLM and OpenAI's API do not make.
         return GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=not settings.greedy,
             num_beams=1,
+            top_k=0,
             stop_strings=list(settings.stop) or None,
             bos_token_id=self.tokenizer.bos_token_id,
             eos_token_id=self.eos_token_ids,

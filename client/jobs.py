@@ -99,8 +99,8 @@ class Job:
         return self.refresh()
 
     def logs(self) -> str:
-        """The job's log lines from all its flow runs, oldest first."""
-        return "\n".join(runs.logs([flow_run.id for flow_run in runs.job_runs(self.id)]))
+        """The job's log lines from all its flow runs, oldest first (the last lines of a run that just ended included)."""
+        return "\n".join(runs.settled_logs(runs.job_runs(self.id)))
 
     def download(self, target_dir: str | Path) -> Path:
         """Copy every output of the job into ``target_dir`` (one entry per output name)."""

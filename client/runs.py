@@ -7,7 +7,8 @@ Jobs are found by the tags their flow runs carry: ``ow-job:<job_id>`` and ``ow-t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -16,11 +17,14 @@ from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterTags,
     LogFilter,
     LogFilterFlowRunId,
+    TaskRunFilter,
+    TaskRunFilterName,
 )
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, TaskRun
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.states import Cancelling
 
@@ -89,6 +93,12 @@ def cancel(flow_run_id: UUID, message: str = "cancelled by the client") -> bool:
 
 PAGE = 200  # the API's largest page
 
+# The server records what a run's engine sends after the run's final state a moment later: task-run
+# states come as events, and the engine's last log batch is flushed as the process exits (log
+# batches go out every 2 s by default). Readers at the moment of completion wait this long at most.
+SETTLE_SECONDS = 30.0
+LOG_BATCH_SECONDS = 2.0
+
 
 def job_runs(job_id: str | None = None, job_type: str | None = None, limit: int = 200, gpu_stage: bool | None = None) -> list[FlowRun]:
     """Flow runs of jobs, newest first; ``gpu_stage`` True/False selects GPU stages or control flows."""
@@ -114,6 +124,49 @@ def job_runs(job_id: str | None = None, job_type: str | None = None, limit: int 
             names = {flow_id: client.read_flow(flow_id).name for flow_id in {run.flow_id for run in found}}
             found = [run for run in found if names[run.flow_id] != GPU_STAGE_FLOW]
     return [run for run in found if job_id_of(run)]
+
+
+def task_runs(flow_run_id: UUID, name_like: str | None = None, settle_seconds: float = SETTLE_SECONDS) -> list[TaskRun]:
+    """The flow run's task runs (those whose name contains ``name_like``), once each has a final state.
+
+    A task run can be listed before its state is recorded; after ``settle_seconds`` the runs are
+    returned as they are.
+    """
+    deadline = time.monotonic() + settle_seconds
+    run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    task_filter = TaskRunFilter(name=TaskRunFilterName(like_=name_like)) if name_like else None
+    with get_client(sync_client=True) as client:
+        while True:
+            found = client.read_task_runs(flow_run_filter=run_filter, task_run_filter=task_filter)
+            settled = all(run.state is not None and run.state.is_final() for run in found)
+            if settled or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
+
+
+def settled_logs(flow_runs: Sequence[FlowRun], settle_seconds: float = SETTLE_SECONDS) -> list[str]:
+    """Log lines of ``flow_runs`` (see :func:`logs`), including the last ones of a run that just ended.
+
+    When a run ended less than ``settle_seconds`` ago, its engine may still be sending its last
+    log batch: the logs are read again, a batch interval apart, until two reads agree.
+    """
+    ids = [flow_run.id for flow_run in flow_runs]
+    lines = logs(ids)
+    now = datetime.now(UTC)
+    ended_recently = any(
+        flow_run.state is not None
+        and flow_run.state.is_final()
+        and (now - flow_run.state.timestamp).total_seconds() < settle_seconds
+        for flow_run in flow_runs
+    )
+    deadline = time.monotonic() + settle_seconds
+    while ended_recently and time.monotonic() < deadline:
+        time.sleep(LOG_BATCH_SECONDS)
+        again = logs(ids)
+        if len(again) == len(lines):
+            return again
+        lines = again
+    return lines
 
 
 def logs(flow_run_ids: Iterable[UUID], limit: int = 20_000) -> list[str]:

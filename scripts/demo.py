@@ -77,26 +77,11 @@ def gpu_stage_runs(job_id: str) -> int:
 
 
 def cached_task_state(run_id) -> str:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterId,
-        TaskRunFilter,
-        TaskRunFilterName,
-    )
+    from client.runs import task_runs
 
-    # The server records task runs from their engine's events, a moment after the flow run ends.
-    deadline = time.monotonic() + 30
-    with get_client(sync_client=True) as client:
-        while True:
-            tasks = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
-                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="gpu-stage")),
-            )
-            state = tasks[0].state if tasks else None
-            if (state is not None and state.is_final()) or time.monotonic() > deadline:
-                return state.name if state is not None else "missing"
-            time.sleep(0.5)
+    tasks = task_runs(run_id, name_like="gpu-stage")
+    state = tasks[0].state if tasks else None
+    return state.name if state is not None else "missing"
 
 
 def main() -> int:

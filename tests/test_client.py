@@ -68,6 +68,9 @@ def test_identical_job_is_returned_as_is_and_a_canceled_one_runs_again(ow, ow_st
     assert ow.jobs.retrieve(job.id).outputs["adapter"].endswith(f"jobs/{job.id}/adapter")
     logs = again.logs()
     assert "job ID " + job.id in logs
+    # Read at the moment of completion, the logs still hold each run's last line, which its engine
+    # sends after the final state: the control flow's and its GPU stage's.
+    assert logs.count("Finished in state Completed()") >= 2, logs[-3000:]
     assert ow.fine_tuning.create(**params).status == COMPLETED  # and now identical means done
 
 

@@ -124,18 +124,7 @@ def start_server(
     env = server_env(prefect_home, base_env)
     command = [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     command.append("--ui" if ui else "--no-ui")
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            command,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=detach,
-        )
-    if batch_scheduling_enabled(env):
-        schedule_as_batch_work(process.pid)
-    return process
+    return _spawn(command, env, log_path, detach=detach, batch_work=True)
 
 
 def start_worker(
@@ -162,6 +151,12 @@ def start_worker(
     if limit is not None:
         command += ["--limit", str(limit)]
     command += extra_args or []
+    return _spawn(command, env, log_path, detach=detach, batch_work=pool == CONTROL_POOL)
+
+
+def _spawn(command: list[str], env: dict[str, str], log_path: Path, *, detach: bool, batch_work: bool) -> subprocess.Popen:
+    """Start a long-lived orchestration process with its output appended to ``log_path``;
+    ``batch_work`` puts it under SCHED_BATCH unless ``OW_BATCH_SCHEDULING=0``."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command,
@@ -171,7 +166,7 @@ def start_worker(
             stdin=subprocess.DEVNULL,
             start_new_session=detach,
         )
-    if pool == CONTROL_POOL and batch_scheduling_enabled(env):
+    if batch_work and batch_scheduling_enabled(env):
         schedule_as_batch_work(process.pid)
     return process
 

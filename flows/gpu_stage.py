@@ -21,6 +21,7 @@ from prefect.runtime import flow_run
 
 from blocks.secrets import delete_secret, load_secrets, save_secret
 from blocks.storage import load_store_block, ow_home
+from infra.cpu_policy import prioritise_calling_thread
 from jobs.records import JobRecord, result_key
 from jobs.registry import get_job_spec
 from tasks.reporting import PrefectReporter, emit_job_event
@@ -55,6 +56,10 @@ def gpu_stage(job_type: str, job_id: str, params: dict[str, Any], store_block: s
     )
     started = time.time()
     emit_job_event("started", job_id, job_type, {"flow_run_id": str(flow_run.get_id())})
+    # The heavy work runs on this thread. A local worker starts the stage under SCHED_BATCH; this
+    # thread (and the torch threads it starts) get the normal policy back, Prefect's log, event
+    # and heartbeat threads stay batch, so they do not preempt a training step when they wake.
+    prioritise_calling_thread()
     try:
         result = spec.stage_function()(config, context)
     except BaseException as exc:

@@ -17,6 +17,8 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
+from infra.cpu_policy import batch_scheduling_enabled, schedule_as_batch_work
+
 PREFECT = [sys.executable, "-m", "prefect"]
 
 
@@ -68,45 +70,6 @@ def server_env(prefect_home: Path, base_env: dict[str, str] | None = None) -> di
     return env
 
 
-# The embedded default shares the machine's CPUs with the jobs it runs. Its server, and the control
-# worker with the control flows it starts, only answer polls, store logs and events and wait; when they
-# wake they need not preempt a training or generation step whose torch threads occupy every core
-# (one stalled thread stalls the others at the next sync). Linux's SCHED_BATCH policy says exactly
-# that: still a fair share of CPU (so nothing is recorded late, unlike a lower nice value, which was
-# tried and starved the server on a loaded machine), but no preemption on wake-up.
-BATCH_SCHEDULING_VARIABLE = "OW_BATCH_SCHEDULING"
-
-
-def batch_scheduling_enabled(env: dict[str, str] | None = None) -> bool:
-    """``OW_BATCH_SCHEDULING`` (default ``1``); ``0`` leaves the orchestration processes' policy alone."""
-    value = (env if env is not None else os.environ).get(BATCH_SCHEDULING_VARIABLE, "1").strip().lower()
-    if value not in {"0", "1", "true", "false"}:
-        raise ValueError(f"{BATCH_SCHEDULING_VARIABLE} must be 1 or 0, got {value!r}")
-    return value in {"1", "true"}
-
-
-def schedule_as_batch_work(pid: int) -> bool:
-    """Put every thread of process ``pid`` (and so what it starts later) under SCHED_BATCH.
-
-    False where the policy does not exist (not Linux) or the process is gone. Threads and child
-    processes inherit the policy, so setting it right after start covers what the process creates.
-    """
-    if not hasattr(os, "SCHED_BATCH"):
-        return False
-    try:
-        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        threads = [pid]
-    done = False
-    for tid in threads:
-        try:
-            os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
-            done = True
-        except (ProcessLookupError, PermissionError):
-            continue
-    return done
-
-
 def start_server(
     prefect_home: Path,
     port: int,
@@ -118,13 +81,13 @@ def start_server(
 ) -> subprocess.Popen:
     """Start ``prefect server start`` on loopback; the caller waits with :func:`wait_healthy`.
 
-    The server runs under SCHED_BATCH (see :func:`schedule_as_batch_work`) unless ``OW_BATCH_SCHEDULING=0``.
+    The server runs under SCHED_BATCH (see :mod:`infra.cpu_policy`) unless ``OW_BATCH_SCHEDULING=0``.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = server_env(prefect_home, base_env)
     command = [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     command.append("--ui" if ui else "--no-ui")
-    return _spawn(command, env, log_path, detach=detach, batch_work=True)
+    return _spawn(command, env, log_path, detach=detach)
 
 
 def start_worker(
@@ -140,9 +103,8 @@ def start_worker(
 ) -> subprocess.Popen:
     """Start ``prefect worker start`` for ``pool`` (created with ``worker_type`` if missing).
 
-    The control pool's worker, and so the control flows it starts, run under SCHED_BATCH (see
-    :func:`schedule_as_batch_work`) unless ``OW_BATCH_SCHEDULING=0``; other pools' workers start
-    the jobs themselves and keep the normal policy.
+    The worker, and so the flow runs it starts, run under SCHED_BATCH (see :mod:`infra.cpu_policy`)
+    unless ``OW_BATCH_SCHEDULING=0``; the GPU stage gives its compute thread the normal policy back.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [*PREFECT, "worker", "start", "--pool", pool, "--type", worker_type]
@@ -151,12 +113,12 @@ def start_worker(
     if limit is not None:
         command += ["--limit", str(limit)]
     command += extra_args or []
-    return _spawn(command, env, log_path, detach=detach, batch_work=pool == CONTROL_POOL)
+    return _spawn(command, env, log_path, detach=detach)
 
 
-def _spawn(command: list[str], env: dict[str, str], log_path: Path, *, detach: bool, batch_work: bool) -> subprocess.Popen:
-    """Start a long-lived orchestration process with its output appended to ``log_path``;
-    ``batch_work`` puts it under SCHED_BATCH unless ``OW_BATCH_SCHEDULING=0``."""
+def _spawn(command: list[str], env: dict[str, str], log_path: Path, *, detach: bool) -> subprocess.Popen:
+    """Start a long-lived orchestration process with its output appended to ``log_path``, under
+    SCHED_BATCH unless ``OW_BATCH_SCHEDULING=0``."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command,
@@ -166,7 +128,7 @@ def _spawn(command: list[str], env: dict[str, str], log_path: Path, *, detach: b
             stdin=subprocess.DEVNULL,
             start_new_session=detach,
         )
-    if batch_work and batch_scheduling_enabled(env):
+    if batch_scheduling_enabled(env):
         schedule_as_batch_work(process.pid)
     return process
 

@@ -31,6 +31,8 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
+from infra.cpu_policy import schedule_this_thread_as_batch
+
 METRIC_COLUMNS_FIRST = ("step", "loss", "eval_loss", "learning_rate", "grad_norm", "epoch")
 
 
@@ -84,6 +86,7 @@ class ReportSender:
                 self._calls.all_tasks_done.wait(remaining)
 
     def _run(self) -> None:
+        schedule_this_thread_as_batch()  # it only waits on the API; the job's threads come first
         while True:
             context, call, args, kwargs = self._calls.get()
             try:

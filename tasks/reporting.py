@@ -2,7 +2,8 @@
 
 What a user sees in the flow run of a job: a progress artifact (updated at most every
 ``progress_interval`` seconds), a metrics table (loss, learning rate, grad norm, eval loss, …;
-a new version at most every ``table_interval`` seconds and at the end), tables the job
+a new version at most every ``table_interval`` seconds, less often once the table is long (see
+:func:`metrics_table_interval`), and at the end), tables the job
 publishes (samples, eval results), log lines, and ``ow.job.*`` events automations can react to.
 
 Every call that talks to the Prefect API goes through one background sender thread, in order:
@@ -34,6 +35,18 @@ from prefect.events import emit_event
 from infra.cpu_policy import schedule_this_thread_as_batch
 
 METRIC_COLUMNS_FIRST = ("step", "loss", "eval_loss", "learning_rate", "grad_norm", "epoch")
+SECONDS_PER_TABLE_ROW = 0.05
+
+
+def metrics_table_interval(rows: int, minimum: float) -> float:
+    """Seconds to wait before the next version of a metrics table of ``rows`` rows.
+
+    Every version stores the whole table in Prefect's database. At a fixed interval a long run
+    would store O(rows²): a 3-hour job logging a step a second, every 15 s, leaves ~720 versions
+    averaging 5,400 rows. Waiting in proportion to the table's length makes the versions grow
+    geometrically, so all of them together stay a small multiple of the final table.
+    """
+    return max(minimum, rows * SECONDS_PER_TABLE_ROW)
 
 
 def artifact_key(job_id: str, name: str) -> str:
@@ -137,7 +150,7 @@ class PrefectReporter:
         self.rows.append({"step": step, **values})
         shown = ", ".join(f"{key}={value:.4g}" for key, value in values.items())
         self.logger.info("step %s: %s", step, shown)
-        if time.monotonic() - self._last_table >= self.table_interval:
+        if time.monotonic() - self._last_table >= metrics_table_interval(len(self.rows), self.table_interval):
             self.flush_metrics()
 
     def table(self, name: str, rows: list[dict[str, Any]], description: str = "") -> None:

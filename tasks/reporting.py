@@ -99,7 +99,10 @@ class ReportSender:
                 self._calls.all_tasks_done.wait(remaining)
 
     def _run(self) -> None:
-        schedule_this_thread_as_batch()  # it only waits on the API; the job's threads come first
+        try:
+            schedule_this_thread_as_batch()  # it only waits on the API; the job's threads come first
+        except ValueError as exc:  # a malformed OW_BATCH_SCHEDULING must not stop the reports
+            self._logger.warning("%s", exc)
         while True:
             context, call, args, kwargs = self._calls.get()
             try:

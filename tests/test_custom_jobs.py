@@ -6,7 +6,7 @@ import pytest
 from prefect.client.schemas.objects import StateType
 from pydantic import BaseModel, Field
 
-from client.custom_jobs import CustomJob, register
+from tests.fixtures.jobs import register_script_job
 
 
 class EchoParams(BaseModel):
@@ -15,16 +15,7 @@ class EchoParams(BaseModel):
 
 
 def make_job_class(script):
-    @register("echo_test")
-    class Echo(CustomJob):
-        mount = {str(script): "echo.py"}
-        params = EchoParams
-        requires_vram_gb = 0
-
-        def get_entrypoint(self, params):
-            return ["python", "echo.py"]
-
-    return Echo
+    return register_script_job("echo_test", script, EchoParams)
 
 
 @pytest.fixture
@@ -89,15 +80,7 @@ def test_a_failing_script_fails_the_job_with_its_output(ow, ow_stack, tmp_path):
     broken = tmp_path / "broken.py"
     broken.write_text("print('about to fail')\nraise SystemExit(3)\n")
 
-    @register("broken_test")
-    class Broken(CustomJob):
-        mount = {str(broken): "broken.py"}
-        params = EchoParams
-        requires_vram_gb = 0
-
-        def get_entrypoint(self, params):
-            return ["python", "broken.py"]
-
+    register_script_job("broken_test", broken, EchoParams)
     job = ow.broken_test.create(word="x").wait(timeout=600)
     assert job.status == "failed"
     assert "exited with code 3" in job.logs() and "about to fail" in job.logs()

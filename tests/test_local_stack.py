@@ -86,7 +86,7 @@ def test_a_jobs_compute_gets_the_normal_policy_back_and_prefects_threads_stay_ba
     from pydantic import BaseModel
 
     from client import OpenWeights
-    from client.custom_jobs import CustomJob, register
+    from tests.fixtures.jobs import register_script_job
 
     probe = tmp_path / "probe.py"
     probe.write_text(POLICY_PROBE)
@@ -94,15 +94,7 @@ def test_a_jobs_compute_gets_the_normal_policy_back_and_prefects_threads_stay_ba
     class NoParams(BaseModel):
         pass
 
-    @register("policy_probe_test")
-    class PolicyProbe(CustomJob):
-        mount = {str(probe): "probe.py"}
-        params = NoParams
-        requires_vram_gb = 0
-
-        def get_entrypoint(self, params):
-            return ["python", "probe.py"]
-
+    register_script_job("policy_probe_test", probe, NoParams)
     job = OpenWeights().policy_probe_test.create().wait(timeout=600)
     assert job.status == "completed", job.logs()[-2000:]
     report = json.loads((job.download(tmp_path / "out") / "outputs" / "policies.json").read_text())

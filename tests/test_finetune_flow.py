@@ -83,7 +83,9 @@ def test_concurrent_identical_submissions_train_once(ow_stack, sft_params):
 
 
 def test_resubmission_after_a_failure_trains_again(ow_stack, sft_params):
-    params = sft_params(seed=23)
+    # Long enough (120 steps) that the cancellation (the worker checks every 5 s) lands mid-run:
+    # with the default 18 steps an unloaded stage could finish first and store its result.
+    params = sft_params(seed=23, epochs=20)
     first = ow_stack.submit("finetune/sft", params)
     stage = _wait_for_running_gpu_stage(ow_stack, first.id)
     with get_client(sync_client=True) as client:

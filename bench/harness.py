@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from infra import local_stack  # noqa: E402
+from infra.local import stack as local_stack  # noqa: E402
 
 HOME = Path(tempfile.mkdtemp(prefix="ow-bench-"))
 PORT = local_stack.free_port()

@@ -1,6 +1,6 @@
 """Worker scale: many flow runs through one ``runpod`` worker into emulated pods, with a concurrency limit.
 
-Starts its own Prefect server (``infra.local_stack``), RunPod emulator and ``runpod`` worker, deploys a
+Starts its own Prefect server (``infra.local.stack``), RunPod emulator and ``runpod`` worker, deploys a
 tiny flow to a ``runpod`` pool whose concurrency limit is ``--limit``, submits ``--runs`` flow runs and
 waits for all of them. Reports how many completed, how many pods are left, the median time from
 submission to pod creation (queueing behind the limit included) and from the worker's Pending to pod
@@ -38,7 +38,7 @@ def log(message: str) -> None:
 def configure_environment() -> str:
     """Settings Prefect reads at import, so this runs before anything imports Prefect."""
     sys.path.insert(0, str(REPO_ROOT))
-    from infra import local_stack
+    from infra.local import stack as local_stack
 
     port = local_stack.free_port()
     (ROOT / "home").mkdir(parents=True)
@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
 
     api_url = configure_environment()
-    from infra import local_stack
+    from infra.local import stack as local_stack
 
     server = local_stack.start_server(
         ROOT / "server", int(api_url.rsplit(":", 1)[1].split("/")[0]), ROOT / "server.log", ui=False

@@ -198,7 +198,7 @@ def _quiet_prefect_shutdown() -> None:
 
 # Implemented by the pod runtime (they run inside pods without the client); their own parsers own
 # every argument, --help included.
-DELEGATED = {"ttl": "infra.ttl", "dev-pod": "infra.dev_pod"}
+DELEGATED = {"ttl": "infra.pod.ttl", "dev-pod": "infra.runpod.dev_pod"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

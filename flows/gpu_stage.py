@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 
 from blocks.secrets import delete_secret, load_secrets, save_secret
 from blocks.storage import load_store_block, ow_home
-from infra.cpu_policy import prioritise_calling_thread
+from infra.local.cpu_policy import prioritise_calling_thread
 from jobs.records import JobRecord, result_key
 from jobs.registry import get_job_spec
 from tasks.reporting import PrefectReporter, emit_job_event

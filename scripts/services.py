@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from infra import local_stack  # noqa: E402
+from infra.local import stack as local_stack  # noqa: E402
 
 OW_HOME = Path(os.environ.get("OW_HOME") or Path.home() / ".ow")
 RUN_DIR = OW_HOME / "run"

@@ -32,7 +32,7 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
-from infra.cpu_policy import schedule_this_thread_as_batch
+from infra.local.cpu_policy import schedule_this_thread_as_batch
 
 METRIC_COLUMNS_FIRST = ("step", "loss", "eval_loss", "learning_rate", "grad_norm", "epoch")
 SECONDS_PER_TABLE_ROW = 0.05

@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from infra import local_stack
+from infra.local import stack as local_stack
 
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="ow-tests-"))
 PREFECT_PORT = local_stack.free_port()

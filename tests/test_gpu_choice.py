@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.gpu_choice import GpuTypeInfo, plan_gpu_candidates, vram_per_gpu_gb
+from infra.runpod.gpu_choice import GpuTypeInfo, plan_gpu_candidates, vram_per_gpu_gb
 
 A6000 = GpuTypeInfo(gpu_type_id="A6000", memory_gb=48, secure_price=0.49, community_price=0.33)
 A40 = GpuTypeInfo(gpu_type_id="A40", memory_gb=48, secure_price=0.40, community_price=0.35)

@@ -28,7 +28,7 @@ from compute.evals.inspect_runner import (
     run_inspect_eval,
 )
 from compute.evals.inspect_tasks import tasks_in_file
-from infra.local_stack import free_port
+from infra.local.stack import free_port
 from jobs.evals import InspectEvalConfig, parse_eval_name
 
 TASK_FILE = Path(__file__).parent / "data" / "inspect_tasks" / "arithmetic_tasks.py"

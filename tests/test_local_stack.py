@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from infra import local_stack
+from infra.local import stack as local_stack
 
 
 def test_prefect_server_answers_health_check(prefect_server):
@@ -110,7 +110,7 @@ def test_prioritise_calling_thread_keeps_python_helpers_batch_and_native_threads
 
     import torch
 
-    from infra import cpu_policy
+    from infra.local import cpu_policy
 
     torch.set_num_threads(2)
     torch.ones(512, 512) @ torch.ones(512, 512)  # starts the OpenMP pool (native threads)
@@ -136,7 +136,7 @@ def test_prioritise_calling_thread_keeps_python_helpers_batch_and_native_threads
 
 
 def test_batch_scheduling_can_be_turned_off_and_a_bad_value_names_the_variable():
-    from infra import cpu_policy
+    from infra.local import cpu_policy
 
     assert cpu_policy.batch_scheduling_enabled({}) is True
     assert cpu_policy.batch_scheduling_enabled({"OW_BATCH_SCHEDULING": "0"}) is False

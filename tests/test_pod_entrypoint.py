@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from infra import dev_pod
-from infra.pod_spec import pod_start_command
-from infra.runpod_api import RunPodClient
-from infra.runpod_models import PodSpec
+from infra.runpod import dev_pod
+from infra.runpod.api import RunPodClient
+from infra.runpod.models import PodSpec
+from infra.worker.pod_spec import pod_start_command
 
 
 def start_pod(emulator, command: str, **env: str) -> str:
@@ -79,7 +79,7 @@ def test_outside_a_pod_the_entrypoint_exits_with_the_commands_status(tmp_path):
     env = {key: value for key, value in os.environ.items() if not key.startswith("RUNPOD_")}
     env.update(HOME=str(tmp_path), OW_TTL_CHECK_SECONDS="60")
     result = subprocess.run(
-        [sys.executable, "-m", "infra.pod_entrypoint", "--", sys.executable, "-c", "raise SystemExit(3)"],
+        [sys.executable, "-m", "infra.pod.entrypoint", "--", sys.executable, "-c", "raise SystemExit(3)"],
         env=env,
         capture_output=True,
         text=True,
@@ -118,7 +118,7 @@ def test_a_dev_pod_authorizes_ssh_and_ends_itself_at_its_ttl(runpod_emulator, de
     out = capsys.readouterr().out
     assert f"Started dev pod {pod.id}" in out and f"ssh root@127.0.0.1 -p {pod.host_port}" in out
     assert pod.name.startswith("ow-dev-") and "OW_RUNPOD_WORK_POOL" not in pod.env
-    assert shlex.split(pod.docker_args) == ["python", "-m", "infra.pod_entrypoint", "--dev"]
+    assert shlex.split(pod.docker_args) == ["python", "-m", "infra.pod.entrypoint", "--dev"]
     authorized = pod.home / ".ssh" / "authorized_keys"
     runpod_emulator.wait_until(authorized.exists, 30, "the key to be authorized")
     assert "AAAAITEST" in authorized.read_text()

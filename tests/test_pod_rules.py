@@ -8,7 +8,8 @@ import uuid
 import pytest
 from prefect.client.schemas.objects import StateType
 
-from infra.pod_outcome import (
+from infra.runpod.models import Pod
+from infra.worker.pod_outcome import (
     FlowRunPhase,
     PodPhase,
     PodWatch,
@@ -18,7 +19,7 @@ from infra.pod_outcome import (
     flow_run_phase,
     pod_phase,
 )
-from infra.pod_spec import (
+from infra.worker.pod_spec import (
     belongs_to_pool,
     flow_run_id_of,
     pod_env,
@@ -26,8 +27,7 @@ from infra.pod_spec import (
     pod_start_command,
     pool_slug,
 )
-from infra.pod_sweep import judge
-from infra.runpod_models import Pod
+from infra.worker.pod_sweep import judge
 
 RUN_ID = uuid.UUID("8fb29b23-ff36-4015-8deb-4054608413f6")
 
@@ -91,7 +91,7 @@ def test_the_flow_run_of_a_pod_is_read_from_env_then_name(pod, flow_run_id):
 )
 def test_start_command_runs_the_entrypoint_then_the_flow_run_command_with_quoting_intact(command):
     arguments = shlex.split(pod_start_command(command))
-    assert arguments[:4] == ["python", "-m", "infra.pod_entrypoint", "--"]
+    assert arguments[:4] == ["python", "-m", "infra.pod.entrypoint", "--"]
     assert arguments[4:] == shlex.split(command)
 
 

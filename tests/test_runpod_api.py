@@ -11,7 +11,7 @@ import requests
 from runpod import error as runpod_error
 from runpod.api.mutations.pods import generate_pod_deployment_mutation
 
-from infra.runpod_api import (
+from infra.runpod.api import (
     RetryPolicy,
     RunPodAuthError,
     RunPodClient,
@@ -23,7 +23,7 @@ from infra.runpod_api import (
     encode_graphql_string,
     to_api_error,
 )
-from infra.runpod_models import PodSpec
+from infra.runpod.models import PodSpec
 from tests.fixtures.graphql_text import GraphQLSyntaxError, parse_operation
 from tests.fixtures.runpod_schema import NO_CAPACITY_MESSAGE, SOMETHING_WENT_WRONG
 

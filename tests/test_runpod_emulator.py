@@ -9,7 +9,7 @@ import pytest
 import runpod
 from runpod import error as runpod_error
 
-from infra.runpod_api import encode_env, encode_graphql_string
+from infra.runpod.api import encode_env, encode_graphql_string
 from tests.fixtures.emulated_pods import process_tree
 
 
@@ -26,7 +26,7 @@ def python_command(code: str) -> str:
 
 
 def create(sdk, docker_args: str, name: str = "pod", env: dict[str, str] | None = None) -> str:
-    """Create through the raw SDK; values are encoded as infra.runpod_api does, or quotes would break it."""
+    """Create through the raw SDK; values are encoded as infra.runpod.api does, or quotes would break it."""
     return sdk.create_pod(
         name, "img", "NVIDIA A40", docker_args=encode_graphql_string(docker_args), env=encode_env(env or {})
     )["id"]

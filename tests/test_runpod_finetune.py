@@ -17,7 +17,7 @@ import pytest
 from prefect.client.schemas.objects import StateType
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from infra import local_stack
+from infra.local import stack as local_stack
 from tests.fixtures.jobs import FAST_SFT
 from tests.fixtures.runpod import create_runpod_pool, make_emulator, start_worker_process
 from tests.fixtures.runpod_emulator import RunPodEmulator

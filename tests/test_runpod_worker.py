@@ -51,7 +51,7 @@ def test_a_deployment_on_a_runpod_pool_runs_to_completed_inside_an_emulated_pod(
     assert shlex.split(pod.docker_args) == [
         "python",
         "-m",
-        "infra.pod_entrypoint",
+        "infra.pod.entrypoint",
         "--",
         "prefect",
         "flow-run",

@@ -16,11 +16,11 @@ from prefect.states import Completed, Running
 from pydantic import ValidationError
 
 from blocks.runpod import RunPodCredentials
-from infra.pod_spec import pod_name_for
-from infra.pod_sweep import sweep_orphaned_pods
-from infra.runpod_api import RunPodClient
-from infra.runpod_models import PodSpec
-from infra.runpod_worker import RunPodJobConfiguration, RunPodWorker
+from infra.runpod.api import RunPodClient
+from infra.runpod.models import PodSpec
+from infra.worker.pod_spec import pod_name_for
+from infra.worker.pod_sweep import sweep_orphaned_pods
+from infra.worker.runpod_worker import RunPodJobConfiguration, RunPodWorker
 from tests.fixtures.runpod import runpod_base_job_template
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from infra import ttl
-from infra.ttl_watchdog import TtlWatchdog
+from infra.pod import ttl
+from infra.pod.ttl_watchdog import TtlWatchdog
 
 NOON = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
 

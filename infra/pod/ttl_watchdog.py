@@ -1,10 +1,10 @@
 """The TTL watchdog: terminates the pod it runs in once the time in ``~/shutdown.txt`` has passed.
 
-Started by the pod entrypoint (:mod:`infra.pod_entrypoint`) in every pod, flow-run and dev pods
+Started by the pod entrypoint (:mod:`infra.pod.entrypoint`) in every pod, flow-run and dev pods
 alike, as a safety net under the worker: if the worker dies, the flow hangs or a dev pod is
 forgotten, billing still ends. ``TTL_HOURS`` (default 24) sets the first deadline; the file is then
 the single source of truth, re-read at every check (``OW_TTL_CHECK_SECONDS``, default 60), so
-``python -m infra.ttl --extend`` works from inside the pod. A failed termination is retried at the
+``python -m infra.pod.ttl --extend`` works from inside the pod. A failed termination is retried at the
 next check.
 """
 
@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from infra import ttl
+from infra.pod import ttl
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ Naming convention (the worker and its orphan sweep rely on it):
 * env ``OW_RUNPOD_WORK_POOL=<work pool name>`` and ``PREFECT__FLOW_RUN_ID=<flow run id>``: the exact
   owner, which the sweep reads because slugs of different pool names can collide.
 
-Dev pods (``infra.dev_pod``) are named ``ow-dev-…`` and carry no work-pool label, so no sweep touches them.
+Dev pods (``infra.runpod.dev_pod``) are named ``ow-dev-…`` and carry no work-pool label, so no sweep touches them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import shlex
 import uuid
 from collections.abc import Mapping
 
-from infra.runpod_models import Pod
+from infra.runpod.models import Pod
 
 POD_NAME_PREFIX = "ow-"
 WORK_POOL_ENV = "OW_RUNPOD_WORK_POOL"
@@ -25,7 +25,7 @@ FLOW_RUN_ID_ENV = "PREFECT__FLOW_RUN_ID"
 TTL_HOURS_ENV = "TTL_HOURS"
 # RunPod gives each pod its own, pod-scoped key under this name; the account key must never replace it.
 POD_API_KEY_ENV = "RUNPOD_API_KEY"
-POD_ENTRYPOINT = ("python", "-m", "infra.pod_entrypoint")
+POD_ENTRYPOINT = ("python", "-m", "infra.pod.entrypoint")
 # Placeholder until the pod image (infra/Dockerfile) is pushed somewhere RunPod can pull from.
 DEFAULT_IMAGE = "ow-prefect-pod:latest"
 # RunPod ids, roughly cheapest-per-GB first; a pool's gpu_types replaces this list.

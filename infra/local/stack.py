@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
-from infra.cpu_policy import batch_scheduling_enabled, schedule_as_batch_work
+from infra.local.cpu_policy import batch_scheduling_enabled, schedule_as_batch_work
 
 PREFECT = [sys.executable, "-m", "prefect"]
 
@@ -81,7 +81,7 @@ def start_server(
 ) -> subprocess.Popen:
     """Start ``prefect server start`` on loopback; the caller waits with :func:`wait_healthy`.
 
-    The server runs under SCHED_BATCH (see :mod:`infra.cpu_policy`) unless ``OW_BATCH_SCHEDULING=0``.
+    The server runs under SCHED_BATCH (see :mod:`infra.local.cpu_policy`) unless ``OW_BATCH_SCHEDULING=0``.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = server_env(prefect_home, base_env)
@@ -103,7 +103,7 @@ def start_worker(
 ) -> subprocess.Popen:
     """Start ``prefect worker start`` for ``pool`` (created with ``worker_type`` if missing).
 
-    The worker, and so the flow runs it starts, run under SCHED_BATCH (see :mod:`infra.cpu_policy`)
+    The worker, and so the flow runs it starts, run under SCHED_BATCH (see :mod:`infra.local.cpu_policy`)
     unless ``OW_BATCH_SCHEDULING=0``; the GPU stage gives its compute thread the normal policy back.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +171,7 @@ def stop_process(pid: int, timeout: float = 15.0) -> bool:
 
 CONTROL_POOL = "ow-control"
 GPU_POOL = "ow-gpu"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 # What a local process pool starts for each flow run. Prefect's process worker, left to generate the

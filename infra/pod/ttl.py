@@ -1,12 +1,12 @@
 """A pod's time to live: the shutdown time in ``~/shutdown.txt``, and the TTL manager command.
 
-Every pod we start runs a watchdog (:mod:`infra.ttl_watchdog`) that terminates the pod once the time
+Every pod we start runs a watchdog (:mod:`infra.pod.ttl_watchdog`) that terminates the pod once the time
 written in ``~/shutdown.txt`` has passed, so a forgotten dev pod or a hung job stops billing. The file
 holds one ISO-8601 timestamp; anyone in the pod can move it::
 
-    python -m infra.ttl --check        # when will this pod shut down?
-    python -m infra.ttl --extend 5     # five more hours
-    python -m infra.ttl --set 10       # ten hours from now
+    python -m infra.pod.ttl --check        # when will this pod shut down?
+    python -m infra.pod.ttl --extend 5     # five more hours
+    python -m infra.pod.ttl --set 10       # ten hours from now
 
 (The ``ow`` command line exposes the same as ``ow ttl``, through :func:`main`.) The watchdog re-reads
 the file on every check, so a change takes effect within one check interval. A timestamp without a

@@ -1,7 +1,7 @@
 """What every pod we start runs: the TTL watchdog, then the flow-run command (or, in dev mode, SSH).
 
-    python -m infra.pod_entrypoint -- prefect flow-run execute     # flow-run pods (the worker's docker_args)
-    python -m infra.pod_entrypoint --dev                           # dev pods: watchdog + SSH, no flow run
+    python -m infra.pod.entrypoint -- prefect flow-run execute     # flow-run pods (the worker's docker_args)
+    python -m infra.pod.entrypoint --dev                           # dev pods: watchdog + SSH, no flow run
 
 RunPod restarts a container whose start command exits, which would run a finished flow again. So in
 a pod this entrypoint never just exits: when the command ends it terminates its own pod (falling back
@@ -27,17 +27,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from infra.own_pod import OwnPod
-from infra.ttl_watchdog import TtlWatchdog
+from infra.pod.own_pod import OwnPod
+from infra.pod.ttl_watchdog import TtlWatchdog
 
-logger = logging.getLogger("infra.pod_entrypoint")
+logger = logging.getLogger("infra.pod.entrypoint")
 
 RESTART_MARKER_NAME = ".ow-flow-run-started"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m infra.pod_entrypoint",
+        prog="python -m infra.pod.entrypoint",
         description="Start the TTL watchdog, then run COMMAND (or SSH in --dev mode), then end this pod.",
     )
     parser.add_argument("--dev", action="store_true", help="dev pod: watchdog and SSH only, no command")
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dev:
         start_ssh_server(os.environ.get("PUBLIC_KEY"))
         logger.info(
-            "Dev pod ready; check or change its TTL with `python -m infra.ttl --check|--extend|--set`"
+            "Dev pod ready; check or change its TTL with `python -m infra.pod.ttl --check|--extend|--set`"
         )
         threading.Event().wait()  # the watchdog, or a terminate from outside, ends the pod
 

@@ -13,18 +13,18 @@ then point the pool's ``runpod_credentials`` variable at a saved ``ow-runpod-cre
 Per flow run the worker:
 
 1. chooses GPU types: those of ``gpu_types`` with at least ``min_vram_gb / gpu_count`` GB each,
-   cheapest first (:mod:`infra.gpu_choice`), and on "no instances available" tries the next; when
+   cheapest first (:mod:`infra.runpod.gpu_choice`), and on "no instances available" tries the next; when
    all are exhausted the run ends Crashed with a message listing every attempt;
-2. creates one pod named ``ow-<pool>-<flow run id>`` (:mod:`infra.pod_spec`) whose start command is
-   ``python -m infra.pod_entrypoint -- <Prefect's flow-run command>`` and whose env is the job's env
+2. creates one pod named ``ow-<pool>-<flow run id>`` (:mod:`infra.worker.pod_spec`) whose start command is
+   ``python -m infra.pod.entrypoint -- <Prefect's flow-run command>`` and whose env is the job's env
    (Prefect API settings, flow-run id, ``OW_*``, user variables) plus ``TTL_HOURS``; the pod id
    becomes the run's infrastructure PID;
 3. polls pod and flow run every ``poll_interval_seconds``, terminates the pod as soon as the run is
    final or cancelling, and marks the run Crashed if the pod vanishes or stops first, overruns
-   ``max_run_hours``, or never starts the run (:mod:`infra.pod_outcome`).
+   ``max_run_hours``, or never starts the run (:mod:`infra.worker.pod_outcome`).
 
 On start and every ``OW_RUNPOD_SWEEP_INTERVAL_SECONDS`` (default 60) the worker also terminates its
-pool's pods that no flow run needs any more (:mod:`infra.pod_sweep`), so a worker killed mid-run
+pool's pods that no flow run needs any more (:mod:`infra.worker.pod_sweep`), so a worker killed mid-run
 leaves nothing billing behind once it is started again.
 """
 
@@ -45,8 +45,10 @@ from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker
 from pydantic import Field
 
 from blocks.runpod import RunPodCredentials
-from infra.pod_launch import GpuCatalogue, LaunchedPod, launch_pod
-from infra.pod_outcome import (
+from infra.runpod.api import RunPodApiError, RunPodClient
+from infra.runpod.launch import GpuCatalogue, LaunchedPod, launch_pod
+from infra.runpod.models import PodSpec
+from infra.worker.pod_outcome import (
     FlowRunPhase,
     PodPhase,
     PodWatch,
@@ -56,11 +58,9 @@ from infra.pod_outcome import (
     flow_run_phase,
     pod_phase,
 )
-from infra.pod_spec import POD_API_KEY_ENV, pod_env, pod_name_for, pod_start_command
-from infra.pod_sweep import sweep_orphaned_pods
-from infra.runpod_api import RunPodApiError, RunPodClient
-from infra.runpod_models import PodSpec
-from infra.runpod_pool_settings import RunPodPodSettings
+from infra.worker.pod_spec import POD_API_KEY_ENV, pod_env, pod_name_for, pod_start_command
+from infra.worker.pod_sweep import sweep_orphaned_pods
+from infra.worker.pool_settings import RunPodPodSettings
 
 if TYPE_CHECKING:
     from uuid import UUID

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from infra.runpod_api import RetryPolicy, RunPodApiError, RunPodAuthError, RunPodClient
+from infra.runpod.api import RetryPolicy, RunPodApiError, RunPodAuthError, RunPodClient
 
 logger = logging.getLogger(__name__)
 

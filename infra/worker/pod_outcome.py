@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from prefect.client.schemas.objects import StateType
 
-from infra.runpod_models import Pod
+from infra.runpod.models import Pod
 
 
 class PodPhase(StrEnum):

@@ -1,6 +1,6 @@
 """Getting a GPU pod from RunPod: look up GPU types, then try the candidates until one has capacity.
 
-Used by the ``runpod`` worker for flow-run pods and by ``infra.dev_pod`` for dev pods. Blocking
+Used by the ``runpod`` worker for flow-run pods and by ``infra.runpod.dev_pod`` for dev pods. Blocking
 (the SDK is); the worker calls it in a thread.
 """
 
@@ -11,14 +11,14 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from infra.gpu_choice import CloudType, GpuCandidate, GpuPlan, GpuTypeInfo, plan_gpu_candidates
-from infra.runpod_api import (
+from infra.runpod.api import (
     RunPodClient,
     RunPodNoCapacity,
     RunPodTransientError,
     RunPodUnknownGpuType,
 )
-from infra.runpod_models import PodSpec
+from infra.runpod.gpu_choice import CloudType, GpuCandidate, GpuPlan, GpuTypeInfo, plan_gpu_candidates
+from infra.runpod.models import PodSpec
 
 
 class NoGpuAvailable(RuntimeError):

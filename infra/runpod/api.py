@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from infra.gpu_choice import GpuTypeInfo
-from infra.runpod_models import Pod, PodPort, PodSpec
+from infra.runpod.gpu_choice import GpuTypeInfo
+from infra.runpod.models import Pod, PodPort, PodSpec
 
 if TYPE_CHECKING:
     from blocks.runpod import RunPodCredentials

@@ -1,6 +1,6 @@
 """Our typed view of RunPod pods: what we ask for (:class:`PodSpec`) and what RunPod reports (:class:`Pod`).
 
-Plain data, free of the wire format: :mod:`infra.runpod_api` builds them from (and turns them into)
+Plain data, free of the wire format: :mod:`infra.runpod.api` builds them from (and turns them into)
 what the SDK sends and reads, so the rest of the project never sees GraphQL field names.
 """
 

@@ -4,7 +4,7 @@ A worker that is killed (even with SIGKILL) stops watching its pods. Most of the
 (the pod entrypoint terminates its pod when the flow run ends, the TTL watchdog when time runs
 out), but not all: a pod whose key may only *stop* it, a pod whose flow run was ended from outside,
 a pod from a create whose answer never arrived. Every worker therefore sweeps its pool's pods on
-start and periodically, using the naming convention of :mod:`infra.pod_spec`.
+start and periodically, using the naming convention of :mod:`infra.worker.pod_spec`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from prefect.exceptions import Abort, ObjectNotFound
 from prefect.states import Crashed
 from prefect.utilities.engine import propose_state
 
-from infra.pod_outcome import FlowRunPhase, flow_run_phase
-from infra.pod_spec import belongs_to_pool, flow_run_id_of
-from infra.runpod_api import RunPodApiError, RunPodClient
-from infra.runpod_models import Pod
+from infra.runpod.api import RunPodApiError, RunPodClient
+from infra.runpod.models import Pod
+from infra.worker.pod_outcome import FlowRunPhase, flow_run_phase
+from infra.worker.pod_spec import belongs_to_pool, flow_run_id_of
 
 
 @dataclass(frozen=True)

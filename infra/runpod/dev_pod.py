@@ -1,10 +1,10 @@
 """Start a dev pod: the project's image with SSH and the TTL watchdog, but no flow run.
 
-    python -m infra.dev_pod --ttl-hours 2 --gpu-type "NVIDIA A40"
+    python -m infra.runpod.dev_pod --ttl-hours 2 --gpu-type "NVIDIA A40"
 
 (The ``ow`` command line exposes the same as ``ow dev-pod``, through :func:`main`.) The pod runs
-``python -m infra.pod_entrypoint --dev``: it authorizes your public key for SSH and terminates itself
-when its TTL runs out; inside, ``python -m infra.ttl --extend 3`` buys time. Credentials come from a
+``python -m infra.pod.entrypoint --dev``: it authorizes your public key for SSH and terminates itself
+when its TTL runs out; inside, ``python -m infra.pod.ttl --extend 3`` buys time. Credentials come from a
 saved ``ow-runpod-credentials`` block (``--credentials-block``) or from ``RUNPOD_API_KEY`` (and
 ``RUNPOD_API_BASE_URL``). Dev pods are named ``ow-dev-<user>-<random>`` and carry no work-pool label,
 so no worker's orphan sweep ever terminates them.
@@ -25,10 +25,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from infra.pod_launch import GpuCatalogue, NoGpuAvailable, launch_pod
-from infra.pod_spec import DEFAULT_GPU_TYPES, DEFAULT_IMAGE, POD_ENTRYPOINT, TTL_HOURS_ENV
-from infra.runpod_api import RunPodApiError, RunPodClient
-from infra.runpod_models import PodSpec
+from infra.runpod.api import RunPodApiError, RunPodClient
+from infra.runpod.launch import GpuCatalogue, NoGpuAvailable, launch_pod
+from infra.runpod.models import PodSpec
+from infra.worker.pod_spec import DEFAULT_GPU_TYPES, DEFAULT_IMAGE, POD_ENTRYPOINT, TTL_HOURS_ENV
 
 DEFAULT_PUBLIC_KEYS = ("~/.ssh/id_ed25519.pub", "~/.ssh/id_ecdsa.pub", "~/.ssh/id_rsa.pub")
 

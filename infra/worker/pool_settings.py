@@ -1,6 +1,6 @@
 """The pod settings of a ``runpod`` work pool: what its UI form shows and deployments override.
 
-One model shared by the worker's job configuration and its variables (:mod:`infra.runpod_worker`),
+One model shared by the worker's job configuration and its variables (:mod:`infra.worker.runpod_worker`),
 so each setting and its description is written once. Every field has a default or is optional,
 and a description, because they become the work pool's form.
 """
@@ -12,8 +12,8 @@ import re
 from pydantic import BaseModel, Field, field_validator
 
 from blocks.runpod import RunPodCredentials
-from infra.gpu_choice import CloudType
-from infra.pod_spec import DEFAULT_GPU_TYPES, DEFAULT_IMAGE
+from infra.runpod.gpu_choice import CloudType
+from infra.worker.pod_spec import DEFAULT_GPU_TYPES, DEFAULT_IMAGE
 
 _PORT = r"^\d{1,5}/(tcp|http|udp)$"
 

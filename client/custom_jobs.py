@@ -11,17 +11,22 @@
         mount = {"scripts/word_count.py": "word_count.py"}   # local path → path in the job's directory
         params = WordCountParams
         requires_vram_gb = 0
+        allowed_hardware = ["1x A40"]                         # optional; empty: the work pool's GPU types
 
         def get_entrypoint(self, params):                     # an argument list, not a shell string
             return ["python", "word_count.py"]
 
     ow = OpenWeights()
     job = ow.word_count.create(input_file=file_id, min_length=4).wait()
+    job = ow.word_count.create(input_file=file_id, allowed_hardware=["2x A100"])   # this job only
 
 Creating validates the parameters with the class's model, uploads the mounted files (content-
 addressed, so unchanged files are not uploaded twice) and submits ``custom/run``. The job ID
 covers the parameters and every mounted file's bytes: editing the script makes a new job,
-resubmitting unchanged code and parameters returns the existing one.
+resubmitting unchanged code and parameters returns the existing one. As in OpenWeights,
+``allowed_hardware``, ``requires_vram_gb`` and ``image`` given to ``create`` choose the job's
+hardware (overriding the class's) instead of being job parameters — unless the job's own
+parameter model has a field of that name. They do not change the job ID (:mod:`jobs.hardware`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from jobs.hardware import PLACEMENT_FIELDS
+
 _REGISTERED: dict[str, type[CustomJob]] = {}
 
 
@@ -40,6 +47,8 @@ class CustomJob(abc.ABC):
     mount: ClassVar[dict[str, str]] = {}
     params: ClassVar[type[BaseModel]] = BaseModel
     requires_vram_gb: ClassVar[float] = 24.0
+    allowed_hardware: ClassVar[list[str]] = []  # e.g. ["1x A40", "2x A100"]; empty: the work pool's GPU types
+    image: ClassVar[str | None] = None  # the pod's container image; None: the work pool's
 
     def __init__(self, ow):
         self._ow = ow
@@ -49,16 +58,30 @@ class CustomJob(abc.ABC):
         """The command that runs the job, as an argument list, in the job's directory."""
 
     def definition(self, **params: Any) -> dict[str, Any]:
-        """The ``custom/run`` parameters for these job parameters (validates and uploads)."""
+        """The ``custom/run`` parameters for these job parameters (validates and uploads).
+
+        ``allowed_hardware``, ``requires_vram_gb`` and ``image`` among ``params`` choose this job's
+        hardware instead of the class's, unless the job's parameter model has fields of those names.
+        """
+        hardware = {
+            name: params.pop(name) for name in PLACEMENT_FIELDS if name in params and name not in self.params.model_fields
+        }
         validated = self.params(**params)
-        return {
+        definition = {
             "name": self.name,
             "params": validated.model_dump(mode="json"),
             "params_schema": self.params.model_json_schema(),
             "mounted_files": self._upload_mounts(),
             "entrypoint": list(self.get_entrypoint(validated)),
-            "requires_vram_gb": float(self.requires_vram_gb),
+            "requires_vram_gb": hardware.get("requires_vram_gb", float(self.requires_vram_gb)),
         }
+        allowed_hardware = hardware.get("allowed_hardware", self.allowed_hardware)
+        if allowed_hardware:
+            definition["allowed_hardware"] = list(allowed_hardware)
+        image = hardware.get("image", self.image)
+        if image is not None:
+            definition["image"] = image
+        return definition
 
     def create(self, **params: Any):
         """Submit the job (or return the identical one that is pending, running or done)."""

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from blocks.storage import load_store_block
 from flows.gpu_stage import summary_markdown
+from jobs.hardware import describe_hardware_request, gpu_stage_job_variables
 from jobs.records import JobRecord
 from jobs.registry import get_job_spec
 from tasks.job_control import (
@@ -81,11 +82,11 @@ def submit_job(job_type: str, raw_params: dict[str, Any]) -> dict[str, Any]:
     logger.info("job ID %s", job_id)
     _label_flow_run(job_id, job_type)
 
-    job_variables = {}
-    if identity["vram_gb"] is not None:
-        job_variables["min_vram_gb"] = identity["vram_gb"]
-        logger.info("estimated GPU memory: %.1f GB", identity["vram_gb"])
     spec = get_job_spec(job_type)
+    # The job's hardware request (or its VRAM estimate) becomes the runpod work pool's job variables.
+    config = spec.params_model.model_validate(params)
+    job_variables = gpu_stage_job_variables(config, identity["vram_gb"])
+    logger.info("%s", describe_hardware_request(config, identity["vram_gb"]))
     stage = launch_gpu_stage.with_options(result_storage=load_store_block()) if spec.cacheable else launch_service_stage
     state = stage(job_id, job_type, params, job_variables, return_state=True)
     record_dict = state.result()  # raises GpuStageFailed if the stage failed

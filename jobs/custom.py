@@ -12,14 +12,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import ConfigDict, Field, JsonValue, field_validator
 
 from jobs.file_ids import FileId, is_file_id
+from jobs.hardware import AllowedHardware, ContainerImage, HardwareRequest
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class CustomJobConfig(BaseModel):
+class CustomJobConfig(HardwareRequest):
     """A custom job: mounted files, an entrypoint, validated parameters, a VRAM requirement."""
 
     model_config = ConfigDict(extra="forbid")
@@ -35,7 +36,13 @@ class CustomJobConfig(BaseModel):
     entrypoint: list[str] = Field(
         min_length=1, description="Command run in the job's working directory, as an argument list ('python' is this environment's Python)."
     )
-    requires_vram_gb: float = Field(24.0, ge=0, description="GPU memory the job needs (chooses the GPU type).")
+
+    # Where the GPU stage runs (jobs.hardware): not part of the job ID
+    allowed_hardware: AllowedHardware
+    requires_vram_gb: float = Field(
+        24.0, ge=0, allow_inf_nan=False, description="GPU memory in GB the job needs, over all its GPUs (chooses the GPU type)."
+    )
+    image: ContainerImage
 
     @field_validator("name")
     @classmethod

@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
+from jobs.hardware import AllowedHardware, ContainerImage, HardwareRequest, RequiredVramGb
+
 # `package/task_name`, the form inspect-ai gives tasks that installed packages register.
 _REGISTRY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*/[A-Za-z_][A-Za-z0-9_]*$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -139,7 +141,7 @@ class _EvaluatedModel(BaseModel):
         return ([self.model] if self.include_base_model else []) + list(self.lora_adapters)
 
 
-class InspectEvalConfig(_EvaluatedModel):
+class InspectEvalConfig(_EvaluatedModel, HardwareRequest):
     """Parameters of ``eval/inspect``: run an inspect-ai task against the served model(s)."""
 
     eval_name: str = Field(..., description=f"The inspect-ai task to run: {EVAL_NAME_FORMS}.")
@@ -168,6 +170,11 @@ class InspectEvalConfig(_EvaluatedModel):
     log_format: Literal["eval", "json"] = Field(
         "eval", description="Format of the inspect log written to the job's artifacts (both open in `inspect view`)."
     )
+
+    # Where the GPU stage runs (jobs.hardware): not part of the job ID
+    allowed_hardware: AllowedHardware
+    requires_vram_gb: RequiredVramGb
+    image: ContainerImage
 
     @field_validator("eval_name")
     @classmethod
@@ -202,7 +209,7 @@ class InspectEvalConfig(_EvaluatedModel):
         return parse_eval_name(self.eval_name)
 
 
-class MmluProConfig(_EvaluatedModel):
+class MmluProConfig(_EvaluatedModel, HardwareRequest):
     """Parameters of ``eval/mmlu-pro``: multiple-choice accuracy on an MMLU-Pro-format JSONL file."""
 
     dataset_file: str = Field(
@@ -242,6 +249,11 @@ class MmluProConfig(_EvaluatedModel):
     limit: int | None = Field(
         None, ge=1, description="Evaluate only the first N selected questions (in file order); None: all."
     )
+
+    # Where the GPU stage runs (jobs.hardware): not part of the job ID
+    allowed_hardware: AllowedHardware
+    requires_vram_gb: RequiredVramGb
+    image: ContainerImage
 
     @field_validator("dataset_file", "fewshot_file")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobs.file_ids import FileId
+from jobs.hardware import AllowedHardware, ContainerImage, HardwareRequest, RequiredVramGb
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ALLOWED_OPTIMIZERS = ("adamw_8bit", "adamw", "adam", "sgd")
@@ -50,7 +51,7 @@ class SamplingCallbackConfig(BaseModel):
         return value
 
 
-class TrainingConfig(BaseModel):
+class TrainingConfig(HardwareRequest):
     """A LoRA (or full) fine-tuning job."""
 
     model_config = ConfigDict(extra="forbid")
@@ -143,6 +144,11 @@ class TrainingConfig(BaseModel):
     )
 
     meta: dict[str, Any] | None = Field(None, description="Free-form metadata kept with the job.")
+
+    # Where the GPU stage runs (jobs.hardware): not part of the job ID
+    allowed_hardware: AllowedHardware
+    requires_vram_gb: RequiredVramGb
+    image: ContainerImage
 
     # -- validators -------------------------------------------------------------------------
 

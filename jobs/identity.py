@@ -6,7 +6,9 @@ A job's ID is ``<prefix>-<sha256 hex>`` where the digest covers, in a canonical 
 
 - ``job_type``: the registered job type (``finetune``, ``inference``, …);
 - ``params``: the job's parameters *after* validation, with every default filled in, so that
-  spelling a default out and leaving it implicit give the same job;
+  spelling a default out and leaving it implicit give the same job — less the hardware request
+  (``allowed_hardware``, ``requires_vram_gb``, ``image``), which says where a job runs, not what it
+  computes (:func:`jobs.registry.identity_params`);
 - ``inputs``: the content IDs (``<purpose>:file-<sha256>``) of the input files and the
   fingerprints of input models (a local model directory's content digest), sorted and
   de-duplicated — they already name the bytes, so a changed byte changes the ID;

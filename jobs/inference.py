@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from jobs.file_ids import FileId, parse_file_id
+from jobs.hardware import AllowedHardware, ContainerImage, HardwareRequest, RequiredVramGb
 from jobs.model_refs import parse_model_ref
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's and vLLM's default ceiling for alternatives per token
@@ -51,7 +52,7 @@ def check_vllm_option(field: str, value: str | None) -> str | None:
     return value
 
 
-class InferenceConfig(BaseModel):
+class InferenceConfig(HardwareRequest):
     """Generate completions for every row of a JSONL file with one model."""
 
     model_config = ConfigDict(extra="forbid")
@@ -107,6 +108,11 @@ class InferenceConfig(BaseModel):
     job_id_suffix: str | None = Field(
         None, pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Suffix appended to the job ID (e.g. to tell runs apart)."
     )
+
+    # Where the GPU stage runs (jobs.hardware): not part of the job ID
+    allowed_hardware: AllowedHardware
+    requires_vram_gb: RequiredVramGb
+    image: ContainerImage
 
     @field_validator("model")
     @classmethod

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from jobs.datasets import RowValidator
+from jobs.hardware import PLACEMENT_FIELDS, HardwareRequest
 from jobs.identity import compute_job_id, source_digest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -71,10 +72,10 @@ class JobSpec:
         return source_digest(paths, PROJECT_ROOT)
 
     def job_id(self, params: BaseModel, inputs: list[str]) -> str:
-        """The content-hash ID: parameters with defaults, input contents, code version."""
+        """The content-hash ID: parameters with defaults (see :func:`identity_params`), input contents, code version."""
         job_id = compute_job_id(
             self.job_type,
-            params.model_dump(mode="json"),
+            identity_params(params),
             inputs,
             self.code_version,
             prefix=self.id_prefix,
@@ -85,6 +86,16 @@ class JobSpec:
     def stage_function(self) -> Callable:
         module, _, name = self.stage.partition(":")
         return getattr(importlib.import_module(module), name)
+
+
+def identity_params(params: BaseModel) -> dict[str, Any]:
+    """The parameters a job ID covers: every field with its default filled in, except the hardware request.
+
+    ``allowed_hardware``, ``requires_vram_gb`` and ``image`` (:mod:`jobs.hardware`) say where the job
+    runs, not what it computes: the same job on other hardware is the same job, and a cache hit.
+    """
+    hardware = set(PLACEMENT_FIELDS) if isinstance(params, HardwareRequest) else set()
+    return params.model_dump(mode="json", exclude=hardware)
 
 
 _REGISTRY: dict[str, JobSpec] = {}

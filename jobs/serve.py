@@ -22,15 +22,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from jobs.hardware import AllowedHardware, ContainerImage, HardwareRequest, RequiredVramGb
 from jobs.inference import check_model_reference, check_vllm_option
 
 # vLLM's LoRAConfig.max_lora_rank is Literal[1, 8, 16, 32, 64, 128, 256, 320, 512].
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
-class ServeConfig(BaseModel):
+class ServeConfig(HardwareRequest):
     """Serve a base model and any number of its LoRA adapters through one OpenAI-compatible API."""
 
     model_config = ConfigDict(extra="forbid")
@@ -63,6 +64,11 @@ class ServeConfig(BaseModel):
     hard_timeout_seconds: float = Field(
         86_400.0, gt=0, description="Stop the server this many seconds after it started, busy or not."
     )
+
+    # Where the GPU stage runs (jobs.hardware): not part of the job ID
+    allowed_hardware: AllowedHardware
+    requires_vram_gb: RequiredVramGb
+    image: ContainerImage
 
     @field_validator("model")
     @classmethod

@@ -7,7 +7,13 @@ submission to pod creation (queueing behind the limit included) and from the wor
 creation (the worker's own latency), and the worker's peak resident memory. The last line of output
 is one JSON object.
 
+A stock-out is injected on the way: ``--stockout-after`` seconds after the first submission every GPU
+type of the pool goes out of stock in the emulator for ``--stockout-seconds`` (0 disables it). Runs
+that find no stock wait (``AwaitingCapacity``) instead of crashing; the report says how many waited
+and for how long (first wait to pod creation).
+
     python bench/worker_scale.py [--runs 200] [--limit 20] [--pod-command "python -m prefect.engine"]
+                                 [--stockout-after 20] [--stockout-seconds 90]
 
 Pods run on this machine, at niceness 10 so they do not starve the worker and server (on RunPod they
 run elsewhere). By default their flow-run command is ``python -m prefect.engine`` (one Python process
@@ -24,6 +30,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -49,7 +56,7 @@ def configure_environment() -> str:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DO_NOT_TRACK": "1",
             "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "1",
-            "HOME": str(ROOT / "home"),  # the runpod SDK reads ~/.runpod at import
+            "HOME": str(ROOT / "home"),
         }
     )
     os.chdir(REPO_ROOT)  # deployment entrypoints are relative to here, as in the pod's working directory
@@ -64,6 +71,10 @@ def main() -> None:
     parser.add_argument(
         "--pod-command", default="python -m prefect.engine", help="the flow-run command in pods"
     )
+    parser.add_argument("--stockout-after", type=float, default=20, help="seconds after the first submission")
+    parser.add_argument(
+        "--stockout-seconds", type=float, default=90, help="length of the stock-out (0: none)"
+    )
     args = parser.parse_args()
 
     api_url = configure_environment()
@@ -75,23 +86,64 @@ def main() -> None:
     try:
         local_stack.wait_healthy(api_url, timeout=180, process=server)
         log(f"Prefect server up at {api_url}; state in {ROOT}")
-        result = run_benchmark(args.runs, args.limit, args.timeout, args.pod_command)
+        result = run_benchmark(
+            args.runs, args.limit, args.timeout, args.pod_command, args.stockout_after, args.stockout_seconds
+        )
     finally:
         local_stack.stop_process(server.pid)
     print(json.dumps(result))
 
 
-def run_benchmark(runs: int, limit: int, timeout: float, pod_command: str) -> dict:
+def inject_stockout(emulator, gpu_types: list[str], after_s: float, seconds: float) -> threading.Thread:
+    """Take every GPU type of the pool out of stock ``after_s`` from now, for ``seconds``."""
+
+    def stock_out() -> None:
+        time.sleep(after_s)
+        for gpu in gpu_types:
+            emulator.set_capacity(gpu, 0)
+        log(f"stock-out: no {', '.join(gpu_types)} for {seconds:.0f} s")
+        time.sleep(seconds)
+        emulator.capacity.clear()
+        log("stock-out over: GPUs are back in stock")
+
+    thread = threading.Thread(target=stock_out, name="stock-out", daemon=True)
+    thread.start()
+    return thread
+
+
+def capacity_waits(client, flow_run_ids, pod_created: dict[str, float]) -> list[float]:
+    """For each run that waited for capacity: seconds from its first AwaitingCapacity state to its pod."""
+    from infra.runpod.capacity import AWAITING_CAPACITY
+
+    waits = []
+    for run_id in flow_run_ids:
+        first = [s.timestamp for s in client.read_flow_run_states(run_id) if s.name == AWAITING_CAPACITY]
+        if first and str(run_id) in pod_created:
+            waits.append(pod_created[str(run_id)] - min(first).timestamp())
+    return waits
+
+
+def run_benchmark(
+    runs: int, limit: int, timeout: float, pod_command: str, stockout_after: float, stockout_seconds: float
+) -> dict:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolUpdate
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     from tests import runpod_flows
-    from tests.fixtures.runpod import create_runpod_pool, deploy_to_pool, make_emulator, start_worker_process
+    from tests.fixtures.runpod import (
+        TEST_GPU_TYPES,
+        create_runpod_pool,
+        deploy_to_pool,
+        make_emulator,
+        start_worker_process,
+    )
 
     with make_emulator(ROOT, pod_niceness=10) as emulator:
         log(f"RunPod emulator at {emulator.url}")
-        pool = create_runpod_pool(emulator, poll_interval_seconds=5, command=pod_command)
+        pool = create_runpod_pool(
+            emulator, poll_interval_seconds=5, command=pod_command, capacity_retry_seconds=5
+        )
         with get_client(sync_client=True) as client:
             client.update_work_pool(pool.name, WorkPoolUpdate(concurrency_limit=limit))
         deployment_name = deploy_to_pool(runpod_flows.say_hello, pool.name)
@@ -104,6 +156,8 @@ def run_benchmark(runs: int, limit: int, timeout: float, pod_command: str) -> di
         )
         log(f"worker {worker.name} online for pool {pool.name} (concurrency limit {limit})")
         try:
+            if stockout_seconds > 0:
+                inject_stockout(emulator, TEST_GPU_TYPES, stockout_after, stockout_seconds)
             with get_client(sync_client=True) as client:
                 deployment = client.read_deployment_by_name(deployment_name)
                 submitted = {}
@@ -125,6 +179,8 @@ def run_benchmark(runs: int, limit: int, timeout: float, pod_command: str) -> di
         pod_created = {
             p.env.get("PREFECT__FLOW_RUN_ID"): p.created_at for p in emulator.pods(include_terminated=True)
         }
+        with get_client(sync_client=True) as client:
+            waits = capacity_waits(client, list(submitted), pod_created)
 
     submit_to_pod = [pod_created[str(i)] - t for i, t in submitted.items() if str(i) in pod_created]
     pending_to_pod = [
@@ -146,6 +202,10 @@ def run_benchmark(runs: int, limit: int, timeout: float, pod_command: str) -> di
         else None,
         "worker_peak_rss_mb": round(peak_rss_mb, 1),
         "pods_created": len(pod_created),
+        "runs_waited_for_capacity": len(waits),
+        "median_capacity_wait_s": round(statistics.median(waits), 1) if waits else None,
+        "max_capacity_wait_s": round(max(waits), 1) if waits else None,
+        "stockout": {"after_s": stockout_after, "seconds": stockout_seconds},
         "concurrency_limit": limit,
         "pod_command": pod_command,
         "final_states": {

@@ -35,19 +35,19 @@ class RunPodCredentials(Block):
     api_base_url: str | None = Field(
         default=None,
         description=(
-            "Base URL of the RunPod API, without a trailing slash or `/graphql`. Leave empty for "
-            "https://api.runpod.io; set it to talk to an emulator or a proxy (it becomes the SDK's "
-            "RUNPOD_API_BASE_URL, in the worker and in the pods it starts)."
+            "Base URL of RunPod's REST API v2, without a trailing slash or `/v2`. Leave empty for "
+            "https://api.runpod.io; set it to talk to an emulator or a proxy (the worker uses it, and the "
+            "pods it starts get it as RUNPOD_API_BASE_URL to end themselves through the same API)."
         ),
     )
 
     @field_validator("api_base_url")
     @classmethod
     def _strip_base_url(cls, value: str | None) -> str | None:
-        # The SDK appends "/graphql" verbatim, so "http://host/" would become "http://host//graphql".
+        # The client appends "/v2/…" paths, so "http://host/" would become "http://host//v2/…".
         if value is None or not value.strip():
             return None
-        value = value.strip().rstrip("/")
+        value = value.strip().rstrip("/").removesuffix("/v2").removesuffix("/graphql")
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"api_base_url must start with http:// or https://, got {value!r}")
         return value

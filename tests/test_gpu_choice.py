@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from infra.runpod.gpu_choice import GpuTypeInfo, plan_gpu_candidates, vram_per_gpu_gb
+from infra.runpod.gpu_choice import (
+    AvailabilityLevel,
+    GpuTypeInfo,
+    merge_plans,
+    plan_gpu_candidates,
+    vram_per_gpu_gb,
+)
 
 A6000 = GpuTypeInfo(gpu_type_id="A6000", memory_gb=48, secure_price=0.49, community_price=0.33)
 A40 = GpuTypeInfo(gpu_type_id="A40", memory_gb=48, secure_price=0.40, community_price=0.35)
@@ -124,3 +130,54 @@ def test_a_zero_price_from_runpod_means_unknown_not_free():
     )
     assert [c.gpu_type_id for c in plan.candidates] == ["A40", "odd"]
     assert plan.candidates[1].price_per_gpu_hour is None
+
+
+def stocked(info: GpuTypeInfo, secure=None, community=None) -> GpuTypeInfo:
+    return info.model_copy(update={"secure_availability": secure, "community_availability": community})
+
+
+def test_types_the_catalog_reports_out_of_stock_are_set_aside_not_tried():
+    catalogue = {**CATALOGUE, "A40": stocked(A40, secure=AvailabilityLevel.NONE, community=AvailabilityLevel.LOW)}
+    plan = plan_gpu_candidates(
+        min_vram_gb=0, gpu_count=1, preferences=["A6000", "A40"], cloud_type="ALL", gpu_types=catalogue
+    )
+    assert [(c.gpu_type_id, c.cloud_type) for c in plan.candidates] == [
+        ("A6000", "COMMUNITY"),
+        ("A40", "COMMUNITY"),
+        ("A6000", "SECURE"),
+    ]
+    assert [(c.gpu_type_id, c.cloud_type) for c in plan.out_of_stock] == [("A40", "SECURE")]
+    assert plan.can_ever_run and "no stock of 1x A40 (SECURE)" in plan.explain_out_of_stock()
+
+
+def test_nothing_in_stock_still_can_run_later_but_nothing_fitting_never_can():
+    empty = {gpu: stocked(info, AvailabilityLevel.NONE, AvailabilityLevel.NONE) for gpu, info in CATALOGUE.items()}
+    waiting = plan_gpu_candidates(
+        min_vram_gb=0, gpu_count=1, preferences=["A40"], cloud_type="SECURE", gpu_types=empty
+    )
+    assert waiting.candidates == [] and waiting.can_ever_run
+    impossible = plan_gpu_candidates(
+        min_vram_gb=500, gpu_count=1, preferences=["A40"], cloud_type="SECURE", gpu_types=CATALOGUE
+    )
+    assert not impossible.can_ever_run
+
+
+def test_hardware_options_merge_by_the_pods_price_not_the_gpus():
+    one_h100 = plan_gpu_candidates(
+        min_vram_gb=80, gpu_count=1, preferences=["H100"], cloud_type="SECURE", gpu_types=CATALOGUE
+    )
+    two_a40 = plan_gpu_candidates(
+        min_vram_gb=80, gpu_count=2, preferences=["A40"], cloud_type="SECURE", gpu_types=CATALOGUE
+    )
+    merged = merge_plans([one_h100, two_a40])
+    # 2 × $0.40 = $0.80 per hour beats 1 × $2.99
+    assert [(c.hardware, c.price_per_hour) for c in merged.candidates] == [("2x A40", 0.8), ("1x H100", 2.99)]
+
+
+def test_cooling_down_pairs_leave_the_candidates_for_the_waiting_list():
+    plan = plan_gpu_candidates(
+        min_vram_gb=0, gpu_count=1, preferences=["A6000", "A40"], cloud_type="SECURE", gpu_types=CATALOGUE
+    )
+    cooled = plan.without({("A40", "SECURE")})
+    assert [c.gpu_type_id for c in cooled.candidates] == ["A6000"]
+    assert [c.gpu_type_id for c in cooled.out_of_stock] == ["A40"]

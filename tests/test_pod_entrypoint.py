@@ -22,10 +22,10 @@ def start_pod(emulator, command: str, **env: str) -> str:
         name="ow-entrypoint-test",
         image="img",
         gpu_type_id="NVIDIA A40",
-        docker_args=pod_start_command(command),
+        args=pod_start_command(command),
         env={"RUNPOD_API_BASE_URL": emulator.url, "OW_TTL_CHECK_SECONDS": "0.5", **env},
     )
-    return client.create_pod(spec)
+    return client.create_pod(spec).id
 
 
 def python(code: str) -> str:
@@ -35,7 +35,7 @@ def python(code: str) -> str:
 def test_the_entrypoint_ends_its_pod_when_the_command_finishes_so_it_is_not_restarted(runpod_emulator):
     pod_id = start_pod(runpod_emulator, python("print('the work ran')"))
     pod = runpod_emulator.all_pods[pod_id]
-    runpod_emulator.wait_until(lambda: pod.desired_status == "TERMINATED", 30, "the pod to end itself")
+    runpod_emulator.wait_until(lambda: pod.status == "TERMINATED", 30, "the pod to end itself")
     assert pod.terminated_by == "pod"
     assert pod.container.starts == 1
     assert runpod_emulator.container_log(pod_id).splitlines().count("the work ran") == 1
@@ -51,7 +51,7 @@ def test_a_container_restart_mid_run_ends_the_pod_instead_of_running_the_command
     runpod_emulator.wait_until(runs.exists, 30, "the command to start")
     runpod_emulator.crash_container(pod_id)  # an out-of-memory kill, say: RunPod restarts the container
     runpod_emulator.wait_until(
-        lambda: pod.desired_status == "TERMINATED", 30, "the restarted pod to end itself"
+        lambda: pod.status == "TERMINATED", 30, "the restarted pod to end itself"
     )
     assert pod.container.starts == 2
     assert runs.read_text() == "run\n"
@@ -61,7 +61,7 @@ def test_a_container_restart_mid_run_ends_the_pod_instead_of_running_the_command
 def test_the_ttl_watchdog_ends_a_pod_whose_command_is_still_running(runpod_emulator):
     pod_id = start_pod(runpod_emulator, "sleep 120", TTL_HOURS="0.0004")  # 1.44 s
     pod = runpod_emulator.all_pods[pod_id]
-    runpod_emulator.wait_until(lambda: pod.desired_status == "TERMINATED", 30, "the TTL to end the pod")
+    runpod_emulator.wait_until(lambda: pod.status == "TERMINATED", 30, "the TTL to end the pod")
     assert pod.terminated_by == "pod"
     assert "TTL expired" in runpod_emulator.container_log(pod_id)
 
@@ -70,7 +70,7 @@ def test_the_ttl_watchdog_ends_a_pod_whose_command_is_still_running(runpod_emula
 def test_when_the_pods_key_may_not_terminate_the_entrypoint_stops_the_pod(runpod_emulator):
     pod_id = start_pod(runpod_emulator, python("print('done')"))
     pod = runpod_emulator.all_pods[pod_id]
-    runpod_emulator.wait_until(lambda: pod.desired_status == "EXITED", 30, "the pod to stop itself")
+    runpod_emulator.wait_until(lambda: pod.status == "EXITED", 30, "the pod to stop itself")
     runpod_emulator.wait_until(lambda: not pod.container.is_up, 30, "the container to stop")
     assert pod.container.starts == 1
 
@@ -122,7 +122,7 @@ def test_a_dev_pod_authorizes_ssh_and_ends_itself_at_its_ttl(runpod_emulator, de
     authorized = pod.home / ".ssh" / "authorized_keys"
     runpod_emulator.wait_until(authorized.exists, 30, "the key to be authorized")
     assert "AAAAITEST" in authorized.read_text()
-    runpod_emulator.wait_until(lambda: pod.desired_status == "TERMINATED", 30, "the dev pod's TTL")
+    runpod_emulator.wait_until(lambda: pod.status == "TERMINATED", 30, "the dev pod's TTL")
     assert pod.terminated_by == "pod"
 
 
@@ -130,10 +130,14 @@ def test_a_dev_pod_without_capacity_anywhere_fails_with_what_was_tried(
     runpod_emulator, dev_pod_environment, capsys
 ):
     runpod_emulator.set_capacity("NVIDIA A40", 0)
-    status = dev_pod.main(["--gpu-type", "NVIDIA A40", "--cloud-type", "SECURE", "--wait-seconds", "0"])
-    assert status == 1
+    arguments = ["--gpu-type", "NVIDIA A40", "--cloud-type", "SECURE", "--wait-seconds", "0"]
+    assert dev_pod.main(arguments) == 1
+    assert "Not tried: no stock of 1x NVIDIA A40 (SECURE)" in capsys.readouterr().err
+
+    runpod_emulator.set_catalog_availability("NVIDIA A40", "HIGH")  # the catalog is behind
+    assert dev_pod.main(arguments) == 1
     assert (
-        "Tried, in order: NVIDIA A40 (SECURE, 48 GB, $0.40/GPU-h): no instances available"
+        "Tried, in order: 1x NVIDIA A40 (SECURE, 48 GB, $0.40/GPU-h): no instances available"
         in capsys.readouterr().err
     )
     assert runpod_emulator.pods() == []

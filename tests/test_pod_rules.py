@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shlex
 import uuid
 
@@ -20,6 +21,8 @@ from infra.worker.pod_outcome import (
     pod_phase,
 )
 from infra.worker.pod_spec import (
+    MAX_RUN_HOURS_ENV,
+    START_TIMEOUT_ENV,
     belongs_to_pool,
     flow_run_id_of,
     pod_env,
@@ -143,9 +146,9 @@ def test_flow_run_states_map_to_phases(state, phase):
     ("pod", "phase"),
     [
         (None, PodPhase.GONE),
-        (Pod(id="p", desired_status="TERMINATED"), PodPhase.GONE),
-        (Pod(id="p", desired_status="EXITED"), PodPhase.STOPPED),
-        (Pod(id="p", desired_status="RUNNING"), PodPhase.UP),
+        (Pod(id="p", status="TERMINATED"), PodPhase.GONE),
+        (Pod(id="p", status="EXITED"), PodPhase.STOPPED),
+        (Pod(id="p", status="RUNNING"), PodPhase.UP),
     ],
 )
 def test_pod_states_map_to_phases(pod, phase):
@@ -218,8 +221,16 @@ def test_only_the_worker_ending_an_active_run_crashes_it(verdict, crashes):
     assert verdict.crashes_run is crashes
 
 
-RUNNING_POD = Pod(id="p", name=f"ow-gpu-{RUN_ID}", desired_status="RUNNING")
-STOPPED_POD = Pod(id="p", name=f"ow-gpu-{RUN_ID}", desired_status="EXITED")
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+BOUNDS = {START_TIMEOUT_ENV: "600", MAX_RUN_HOURS_ENV: "2"}
+RUNNING_POD = Pod(id="p", name=f"ow-gpu-{RUN_ID}", status="RUNNING")
+STOPPED_POD = Pod(id="p", name=f"ow-gpu-{RUN_ID}", status="EXITED")
+FAILED_POD = Pod(id="p", name=f"ow-gpu-{RUN_ID}", status="ERROR")
+YOUNG_POD = RUNNING_POD.model_copy(update={"env": BOUNDS, "created_at": NOW - dt.timedelta(seconds=60)})
+STARTING_TOO_LONG = Pod(
+    id="p", name=f"ow-gpu-{RUN_ID}", status="STARTING", env=BOUNDS, created_at=NOW - dt.timedelta(seconds=900)
+)
+RUNNING_TOO_LONG = RUNNING_POD.model_copy(update={"env": BOUNDS, "created_at": NOW - dt.timedelta(hours=3)})
 
 
 @pytest.mark.parametrize(
@@ -235,17 +246,28 @@ STOPPED_POD = Pod(id="p", name=f"ow-gpu-{RUN_ID}", desired_status="EXITED")
         (STOPPED_POD, RUN_ID, True, StateType.RUNNING, True, True),
         (STOPPED_POD, RUN_ID, True, StateType.SCHEDULED, True, False),
         (STOPPED_POD, RUN_ID, True, StateType.CANCELLED, True, False),
+        # (a) a pod that never reaches our entrypoint: no watchdog runs in it, so the sweep must end it
+        (FAILED_POD, RUN_ID, True, StateType.PENDING, True, True),
+        (FAILED_POD, RUN_ID, True, None, False, False),  # Prefect did not answer: the age rules below apply
+        (YOUNG_POD, RUN_ID, True, StateType.PENDING, False, False),
+        (STARTING_TOO_LONG, RUN_ID, True, StateType.PENDING, True, True),
+        (STARTING_TOO_LONG, RUN_ID, True, None, True, False),  # bounds hold even when Prefect is away
+        (STARTING_TOO_LONG, RUN_ID, True, StateType.SCHEDULED, True, False),
+        (RUNNING_TOO_LONG, RUN_ID, True, StateType.RUNNING, True, True),  # max_run_hours from its age
     ],
 )
 def test_the_sweep_ends_pods_no_flow_run_needs_and_nothing_else(
     pod, flow_run_id, exists, state, terminate, crash
 ):
-    decision = judge(pod, flow_run_id=flow_run_id, flow_run_exists=exists, state=state)
+    started = state is StateType.RUNNING
+    decision = judge(
+        pod, flow_run_id=flow_run_id, flow_run_exists=exists, state=state, flow_run_started=started, now=NOW
+    )
     assert (decision is not None) is terminate
     assert bool(decision and decision.crash_message) is crash
 
 
-LAST_SEEN = Pod(id="abc", desired_status="RUNNING", runtime_up=True, uptime_seconds=42)
+LAST_SEEN = Pod(id="abc", status="RUNNING", runtime_up=True, uptime_seconds=42)
 
 
 @pytest.mark.parametrize(

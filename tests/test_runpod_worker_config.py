@@ -4,6 +4,7 @@ them, ``kill_infrastructure``, and the orphan sweep against real Prefect and the
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import sys
 import uuid
@@ -16,11 +17,17 @@ from prefect.states import Completed, Running
 from pydantic import ValidationError
 
 from blocks.runpod import RunPodCredentials
+from infra import bounds
 from infra.runpod.api import RunPodClient
 from infra.runpod.models import PodSpec
-from infra.worker.pod_spec import pod_name_for
+from infra.worker.pod_spec import WORK_POOL_ENV, pod_name_for
 from infra.worker.pod_sweep import sweep_orphaned_pods
-from infra.worker.runpod_worker import RunPodJobConfiguration, RunPodWorker
+from infra.worker.runpod_worker import (
+    SWEEP_INTERVAL_ENV,
+    RunPodJobConfiguration,
+    RunPodWorker,
+    _sweep_interval_seconds,
+)
 from tests.fixtures.runpod import runpod_base_job_template
 
 
@@ -56,8 +63,10 @@ def test_every_pool_variable_has_a_default_or_is_optional_and_a_description():
         "ttl_hours",
         "max_run_hours",
         "allowed_cuda_versions",
-        "min_vcpu_count",
-        "min_memory_gb",
+        "allowed_hardware",
+        "capacity_wait_minutes",
+        "capacity_retry_seconds",
+        "final_state_grace_seconds",
         "min_vram_gb",
         "runpod_credentials",
         "poll_interval_seconds",
@@ -100,6 +109,64 @@ def test_impossible_job_variables_are_refused_naming_the_variable(values, field)
         RunPodJobConfiguration(**values)
 
 
+# -- time settings: finite and within sane bounds (infra.bounds) ------------------------------------
+
+TIME_SETTING_MAXIMA = {
+    "ttl_hours": bounds.TTL_HOURS_MAX,
+    "max_run_hours": bounds.MAX_RUN_HOURS_MAX,
+    "pod_start_timeout_seconds": bounds.POD_START_TIMEOUT_SECONDS_MAX,
+    "poll_interval_seconds": bounds.POLL_INTERVAL_SECONDS_MAX,
+}
+
+
+def configuration_from_default_template(values: dict) -> RunPodJobConfiguration:
+    template = RunPodWorker.get_default_base_job_template()
+    return anyio.run(lambda: RunPodJobConfiguration.from_template_and_values(template, values))
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, 1e8, 0, -1])
+@pytest.mark.parametrize("field", sorted(TIME_SETTING_MAXIMA))
+def test_time_settings_that_are_not_finite_or_out_of_bounds_are_refused_naming_the_variable(field, value):
+    with pytest.raises(ValidationError) as refused:
+        configuration_from_default_template({field: value})
+    assert [error["loc"][0] for error in refused.value.errors()] == [field] * len(refused.value.errors())
+    assert field in str(refused.value)
+
+
+def test_time_settings_at_their_maxima_are_accepted():
+    configuration = configuration_from_default_template(dict(TIME_SETTING_MAXIMA))
+    assert {field: getattr(configuration, field) for field in TIME_SETTING_MAXIMA} == TIME_SETTING_MAXIMA
+
+
+def test_the_default_ttl_is_the_one_default_ttl():
+    assert configuration_from_default_template({}).ttl_hours == bounds.DEFAULT_TTL_HOURS
+
+
+@pytest.mark.parametrize(("field", "maximum"), sorted(TIME_SETTING_MAXIMA.items()))
+def test_the_pool_form_states_the_bounds_of_each_time_setting(field, maximum):
+    schema = RunPodWorker.get_default_base_job_template()["variables"]["properties"][field]
+    (number,) = [option for option in schema.get("anyOf", [schema]) if option.get("type") == "number"]
+    assert number["exclusiveMinimum"] == 0 and number["maximum"] == maximum
+    assert f"at most {maximum:g}" in schema["description"]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e8", "3601", "0", "-1", "abc"])
+def test_a_bad_sweep_interval_stops_the_worker_at_setup_naming_the_variable(monkeypatch, value):
+    monkeypatch.setenv(SWEEP_INTERVAL_ENV, value)
+    worker = RunPodWorker(work_pool_name="sweep-interval-test")
+    with pytest.raises(ValueError, match=f"{SWEEP_INTERVAL_ENV} must be .* at most 3600, got {value!r}"):
+        anyio.run(worker.setup)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, 60.0), ("", 60.0), ("2", 2.0), ("3600", 3600.0)])
+def test_the_sweep_interval_is_taken_from_the_environment_or_is_60_seconds(monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv(SWEEP_INTERVAL_ENV, raising=False)
+    else:
+        monkeypatch.setenv(SWEEP_INTERVAL_ENV, value)
+    assert _sweep_interval_seconds() == expected
+
+
 def configuration_for(emulator) -> RunPodJobConfiguration:
     return RunPodJobConfiguration(
         runpod_credentials=RunPodCredentials(api_key=emulator.api_key, api_base_url=emulator.url)
@@ -108,13 +175,19 @@ def configuration_for(emulator) -> RunPodJobConfiguration:
 
 def test_kill_infrastructure_terminates_the_pod_and_a_missing_pod_is_not_found(runpod_emulator):
     pod_id = RunPodClient(runpod_emulator.api_key, runpod_emulator.url).create_pod(
-        PodSpec(name="ow-kill", image="img", gpu_type_id="NVIDIA A40", docker_args="sleep 60")
-    )
+        PodSpec(
+            name=pod_name_for("kill-test", uuid.uuid4()),
+            image="img",
+            gpu_type_id="NVIDIA A40",
+            args="sleep 60",
+            env={WORK_POOL_ENV: "kill-test"},
+        )
+    ).id
     worker = RunPodWorker(work_pool_name="kill-test")
     configuration = configuration_for(runpod_emulator)
 
     anyio.run(lambda: worker.kill_infrastructure(pod_id, configuration))
-    assert runpod_emulator.all_pods[pod_id].desired_status == "TERMINATED"
+    assert runpod_emulator.all_pods[pod_id].status == "TERMINATED"
     with pytest.raises(InfrastructureNotFound, match=pod_id):
         anyio.run(lambda: worker.kill_infrastructure(pod_id, configuration))
 
@@ -146,10 +219,10 @@ def test_the_sweep_ends_the_pools_pods_no_flow_run_needs_and_leaves_the_rest(pre
                     name=name or pod_name_for(pool_name, flow_run_id),
                     image="img",
                     gpu_type_id="NVIDIA A40",
-                    docker_args="sleep 60",
+                    args="sleep 60",
                     env=env,
                 )
-                return client.create_pod(spec)
+                return client.create_pod(spec).id
 
             pods = {
                 "finished": pod_for(finished),
@@ -160,7 +233,7 @@ def test_the_sweep_ends_the_pools_pods_no_flow_run_needs_and_leaves_the_rest(pre
                 "watched": pod_for(uuid.uuid4()),
                 "dev": client.create_pod(
                     PodSpec(name="ow-dev-me-abc123", image="img", gpu_type_id="NVIDIA A40")
-                ),
+                ).id,
             }
             client.stop_pod(pods["stopped"])
             swept = await sweep_orphaned_pods(
@@ -178,7 +251,7 @@ def test_the_sweep_ends_the_pools_pods_no_flow_run_needs_and_leaves_the_rest(pre
     terminated = {
         label
         for label, pod_id in pods.items()
-        if runpod_emulator.all_pods[pod_id].desired_status == "TERMINATED"
+        if runpod_emulator.all_pods[pod_id].status == "TERMINATED"
     }
     assert terminated == {"finished", "missing", "stopped"}
     assert {pod.id for pod, _ in swept} == {pods["finished"], pods["missing"], pods["stopped"]}

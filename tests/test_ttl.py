@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+from infra.bounds import DEFAULT_TTL_HOURS
 from infra.pod import ttl
-from infra.pod.ttl_watchdog import TtlWatchdog
+from infra.pod.ttl_watchdog import DEFAULT_CHECK_SECONDS, TtlWatchdog
 
 NOON = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -126,8 +130,46 @@ def test_a_corrupt_shutdown_file_is_reported_not_overwritten_by_extend(home, cap
 
 def test_negative_hours_are_refused(home, capsys):
     assert ttl.main(["--set", "-1"]) == 1
-    assert "hours" in capsys.readouterr().err
+    assert "--set HOURS must be a number from 0 to 720, got '-1'" in capsys.readouterr().err
     assert not (home / "shutdown.txt").exists()
+
+
+@pytest.mark.parametrize("action", ["--extend", "--set"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e8", "721", "abc", ""])
+def test_hours_that_are_no_finite_number_up_to_30_days_are_refused_in_one_line(home, capsys, action, value):
+    ttl.write_deadline(home / "shutdown.txt", NOON)
+    assert ttl.main([action, value]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {action} HOURS ")
+    assert f"must be a number from 0 to 720, got {value!r}" in err
+    assert ttl.read_deadline(home / "shutdown.txt") == NOON  # left as it was
+
+
+@pytest.mark.parametrize(("action", "value"), [("--set", "0"), ("--extend", "0"), ("--set", "720")])
+def test_zero_and_the_maximum_are_accepted(home, action, value):
+    ttl.write_deadline(home / "shutdown.txt", ttl.utc_now())
+    assert ttl.main([action, value]) == 0
+
+
+def test_the_ttl_command_refuses_infinite_hours_without_a_traceback(home):
+    ttl.write_deadline(home / "shutdown.txt", NOON)
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.pod.ttl", "--extend", "inf"],
+        env={**os.environ, "HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: --extend HOURS must be a number") and "'inf'" in result.stderr
+    assert ttl.read_deadline(home / "shutdown.txt") == NOON
+
+
+def test_extending_a_deadline_at_the_end_of_time_is_an_error_not_a_crash(home, capsys):
+    (home / "shutdown.txt").write_text("9999-12-31T23:00:00+00:00")
+    assert ttl.main(["--extend", "5"]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
 
 
 def test_exactly_one_action_is_required(home):
@@ -222,9 +264,69 @@ def test_a_failed_termination_is_retried_at_the_next_check(tmp_path):
     assert len(calls) == 3
 
 
-@pytest.mark.parametrize(
-    ("name", "value"), [("TTL_HOURS", "soon"), ("TTL_HOURS", "-2"), ("OW_TTL_CHECK_SECONDS", "0")]
-)
-def test_bad_watchdog_settings_name_the_variable(name, value):
-    with pytest.raises(ValueError, match=name):
-        TtlWatchdog.from_environment(end_pod=lambda reason: True, environ={name: value})
+# -- watchdog settings: a bad value falls back to the default, never crashes, never drops the TTL -----
+
+
+def never_ends(reason: str) -> bool:
+    return False
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e8", "721", "0", "-1", "abc"])
+def test_a_watchdog_with_an_unusable_ttl_hours_logs_it_and_uses_the_default_ttl(home, caplog, value):
+    dog = TtlWatchdog.from_environment(end_pod=never_ends, environ={"TTL_HOURS": value})
+    before = ttl.utc_now()
+    deadline = dog.initialize()
+    assert dog.ttl_hours == DEFAULT_TTL_HOURS
+    assert abs((deadline - before) - hours(DEFAULT_TTL_HOURS)) < dt.timedelta(seconds=5)
+    assert ttl.read_deadline(home / "shutdown.txt") == deadline.replace(microsecond=0)
+    (error,) = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert "TTL_HOURS" in error.getMessage() and repr(value) in error.getMessage()
+    assert "24" in error.getMessage()
+
+
+@pytest.mark.parametrize("environ", [{}, {"TTL_HOURS": ""}, {"TTL_HOURS": "  "}])
+def test_an_unset_or_empty_ttl_hours_is_the_default_without_an_error(home, caplog, environ):
+    dog = TtlWatchdog.from_environment(end_pod=never_ends, environ=environ)
+    assert dog.ttl_hours == DEFAULT_TTL_HOURS
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0.0004", 0.0004), ("2", 2.0), ("720", 720.0)])
+def test_a_usable_ttl_hours_is_taken_as_given(home, value, expected):
+    assert TtlWatchdog.from_environment(end_pod=never_ends, environ={"TTL_HOURS": value}).ttl_hours == expected
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e8", "3601", "0", "-1", "abc"])
+def test_an_unusable_check_interval_logs_it_and_uses_the_default_interval(home, caplog, value):
+    dog = TtlWatchdog.from_environment(end_pod=never_ends, environ={"OW_TTL_CHECK_SECONDS": value})
+    assert dog.check_interval_s == DEFAULT_CHECK_SECONDS
+    (error,) = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert "OW_TTL_CHECK_SECONDS" in error.getMessage() and repr(value) in error.getMessage()
+
+
+def test_a_deadline_written_far_in_the_future_by_hand_is_still_honoured(home):
+    far = dt.datetime(2999, 1, 1, tzinfo=dt.UTC)
+    (home / "shutdown.txt").write_text(far.isoformat())
+    clock = FakeClock(NOON)
+    dog, calls = watchdog(home / "shutdown.txt", clock)
+    assert dog.initialize() == far
+    clock.now = NOON + hours(10_000)
+    assert dog.check_once() is False and calls == []
+    assert "2999-01-01" in ttl.describe(far, NOON)
+
+
+def test_the_pod_entrypoint_with_an_infinite_ttl_runs_its_command_under_the_default_ttl(tmp_path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RUNPOD_")}
+    env.update(HOME=str(tmp_path), TTL_HOURS="inf", OW_TTL_CHECK_SECONDS="60")
+    before = ttl.utc_now()
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.pod.entrypoint", "--", sys.executable, "-c", "raise SystemExit(3)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr and "TTL_HOURS" in result.stderr
+    deadline = ttl.read_deadline(tmp_path / "shutdown.txt")
+    assert abs((deadline - before) - hours(DEFAULT_TTL_HOURS)) < dt.timedelta(seconds=30)

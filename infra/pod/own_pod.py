@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from infra.runpod.api import RetryPolicy, RunPodApiError, RunPodAuthError, RunPodClient
+from infra.runpod.api import RetryPolicy, RunPodApiError, RunPodClient, RunPodErrorKind
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ class OwnPod:
         try:
             self.client.terminate_pod(self.pod_id)
             return True
-        except RunPodAuthError as exc:
-            logger.warning("This pod's API key may not terminate it (%s); stopping it instead", exc)
         except RunPodApiError as exc:
-            logger.error("Could not terminate pod %s: %s", self.pod_id, exc)
-            return False
+            if exc.kind not in (RunPodErrorKind.AUTH, RunPodErrorKind.FORBIDDEN):
+                logger.error("Could not terminate pod %s: %s", self.pod_id, exc)
+                return False
+            logger.warning("This pod's API key may not terminate it (%s); stopping it instead", exc)
         try:
             self.client.stop_pod(self.pod_id)
             return True

@@ -8,7 +8,8 @@ holds one ISO-8601 timestamp; anyone in the pod can move it::
     python -m infra.pod.ttl --extend 5     # five more hours
     python -m infra.pod.ttl --set 10       # ten hours from now
 
-(The ``ow`` command line exposes the same as ``ow ttl``, through :func:`main`.) The watchdog re-reads
+(The ``ow`` command line exposes the same as ``ow ttl``, through :func:`main`.) HOURS is a number from 0
+to 720 (30 days, :data:`infra.bounds.TTL_HOURS_MAX`) per call. The watchdog re-reads
 the file on every check, so a change takes effect within one check interval. A timestamp without a
 time zone (as a hand edit with ``datetime.now().isoformat()`` produces) is read as local time.
 """
@@ -23,8 +24,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from infra.bounds import TTL_HOURS_MAX, bounded_positive, parse_bounded_positive
+
 SHUTDOWN_FILE_NAME = "shutdown.txt"
-DEFAULT_TTL_HOURS = 24.0
 
 
 class TtlFileError(ValueError):
@@ -40,21 +42,26 @@ def shutdown_file() -> Path:
     return Path.home() / SHUTDOWN_FILE_NAME
 
 
-def _check_hours(hours: float, name: str) -> float:
-    if not (hours >= 0) or hours == float("inf"):
-        raise ValueError(f"{name} must be a finite number of hours, 0 or more; got {hours}")
-    return hours
+def _later(start: dt.datetime, hours: float) -> dt.datetime:
+    span = dt.timedelta(hours=bounded_positive(hours, name="hours", maximum=TTL_HOURS_MAX, allow_zero=True))
+    try:
+        return start + span
+    except OverflowError:
+        # Only a deadline written by hand near year 9999 gets here.
+        raise ValueError(
+            f"{format_deadline(start)} + {hours:g} h is past year 9999, the latest time a deadline can hold"
+        ) from None
 
 
 def deadline_after(now: dt.datetime, hours: float) -> dt.datetime:
-    """The shutdown time ``hours`` after ``now``."""
-    return now + dt.timedelta(hours=_check_hours(hours, "hours"))
+    """The shutdown time ``hours`` (0 to :data:`TTL_HOURS_MAX`) after ``now``."""
+    return _later(now, hours)
 
 
 def extended_deadline(current: dt.datetime, now: dt.datetime, hours: float) -> dt.datetime:
-    """``current`` moved ``hours`` later; a deadline already passed is extended from ``now`` instead,
-    so extending a pod about to shut down always buys the full ``hours``."""
-    return max(current, now) + dt.timedelta(hours=_check_hours(hours, "hours"))
+    """``current`` moved ``hours`` (0 to :data:`TTL_HOURS_MAX`) later; a deadline already passed is
+    extended from ``now`` instead, so extending a pod about to shut down always buys the full ``hours``."""
+    return _later(max(current, now), hours)
 
 
 def remaining(deadline: dt.datetime, now: dt.datetime) -> dt.timedelta:
@@ -117,12 +124,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--check", action="store_true", help="print the shutdown time and the time left")
-    action.add_argument("--extend", type=float, metavar="HOURS", help="move the shutdown time HOURS later")
-    action.add_argument("--set", type=float, metavar="HOURS", help="shut down HOURS from now")
+    # Text, not type=float: the number is checked in main so that every bad value ("inf", "abc")
+    # gets the same one-line error and exit status 1.
+    action.add_argument(
+        "--extend", metavar="HOURS", help=f"move the shutdown time HOURS (0 to {TTL_HOURS_MAX:g}) later"
+    )
+    action.add_argument("--set", metavar="HOURS", help=f"shut down HOURS (0 to {TTL_HOURS_MAX:g}) from now")
     parser.add_argument(
         "--file", type=Path, default=None, help=f"shutdown file (default ~/{SHUTDOWN_FILE_NAME})"
     )
     return parser
+
+
+def _hours_argument(option: str, text: str) -> float:
+    return parse_bounded_positive(
+        text, name=f"{option} HOURS", default=None, maximum=TTL_HOURS_MAX, allow_zero=True
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,10 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.check:
             deadline = read_deadline(path)
         elif args.extend is not None:
-            deadline = extended_deadline(read_deadline(path), now, args.extend)
+            hours = _hours_argument("--extend", args.extend)
+            deadline = extended_deadline(read_deadline(path), now, hours)
             write_deadline(path, deadline)
         else:
-            deadline = deadline_after(now, args.set)
+            deadline = deadline_after(now, _hours_argument("--set", args.set))
             write_deadline(path, deadline)
     except (TtlFileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

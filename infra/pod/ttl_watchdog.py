@@ -2,10 +2,12 @@
 
 Started by the pod entrypoint (:mod:`infra.pod.entrypoint`) in every pod, flow-run and dev pods
 alike, as a safety net under the worker: if the worker dies, the flow hangs or a dev pod is
-forgotten, billing still ends. ``TTL_HOURS`` (default 24) sets the first deadline; the file is then
-the single source of truth, re-read at every check (``OW_TTL_CHECK_SECONDS``, default 60), so
-``python -m infra.pod.ttl --extend`` works from inside the pod. A failed termination is retried at the
-next check.
+forgotten, billing still ends. ``TTL_HOURS`` (default 24, at most 720) sets the first deadline; the
+file is then the single source of truth, re-read at every check (``OW_TTL_CHECK_SECONDS``, default 60,
+at most 3600), so ``python -m infra.pod.ttl --extend`` works from inside the pod. A failed termination
+is retried at the next check. A setting that is not a number within its bounds (``inf``, ``nan``,
+``1e8``, ``abc``) is logged as an error and replaced by its default: a watchdog that crashed would
+leave the pod running with no TTL at all.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from infra.bounds import DEFAULT_TTL_HOURS, TTL_CHECK_SECONDS_MAX, TTL_HOURS_MAX, parse_bounded_positive
 from infra.pod import ttl
 
 logger = logging.getLogger(__name__)
@@ -24,17 +27,13 @@ logger = logging.getLogger(__name__)
 DEFAULT_CHECK_SECONDS = 60.0
 
 
-def _float_from_env(environ: dict[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
+def _setting_from_env(environ: dict[str, str], name: str, *, default: float, maximum: float) -> float:
+    """The variable's value, or ``default`` (with an error logged) when it is not a number in range."""
     try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
-    if not value > 0:
-        raise ValueError(f"environment variable {name}={raw!r} must be greater than 0")
-    return value
+        return parse_bounded_positive(environ.get(name), name=name, default=default, maximum=maximum)
+    except ValueError as exc:
+        logger.error("TTL watchdog: environment variable %s; using the default %g instead", exc, default)
+        return default
 
 
 class TtlWatchdog:
@@ -65,8 +64,12 @@ class TtlWatchdog:
         environ = dict(os.environ if environ is None else environ)
         return cls(
             shutdown_file=ttl.shutdown_file(),
-            ttl_hours=_float_from_env(environ, "TTL_HOURS", ttl.DEFAULT_TTL_HOURS),
-            check_interval_s=_float_from_env(environ, "OW_TTL_CHECK_SECONDS", DEFAULT_CHECK_SECONDS),
+            ttl_hours=_setting_from_env(
+                environ, "TTL_HOURS", default=DEFAULT_TTL_HOURS, maximum=TTL_HOURS_MAX
+            ),
+            check_interval_s=_setting_from_env(
+                environ, "OW_TTL_CHECK_SECONDS", default=DEFAULT_CHECK_SECONDS, maximum=TTL_CHECK_SECONDS_MAX
+            ),
             end_pod=end_pod,
         )
 

@@ -1,153 +1,119 @@
-"""The one module that talks to RunPod (through the official ``runpod`` SDK, pinned to 1.12.0).
+"""The one module that talks to RunPod: its REST API v2 (``https://api.runpod.io/v2``), over httpx.
 
-Everything else in the project calls :class:`RunPodClient`. RunPod retires its GraphQL API in 2027;
-moving to REST v2 should touch this file (and the test emulator) only.
+Everything else in the project calls :class:`RunPodClient`. The wire shapes live in
+:mod:`infra.runpod.models`; RunPod's OpenAPI schema (``runpod/docs``, ``api-reference-v2/openapi.json``)
+is the contract, and the test emulator is validated against it.
 
-What this layer adds to the SDK, and why:
+What this layer adds to plain HTTP, and why:
 
-* **Explicit credentials.** The SDK reads ``runpod.api_key`` (loaded from ``~/.runpod`` at import, not
-  from ``RUNPOD_API_KEY``) and ``RUNPOD_API_BASE_URL`` at call time; both are process globals, so
-  :class:`_SdkCredentialsGate` sets them per call and never lets two credentials overlap.
-* **Encoded strings.** The SDK pastes names, image, docker args and env values between double quotes
-  of GraphQL text without escaping; see :func:`encode_graphql_string`.
-* **Classified errors.** :func:`classify_error` maps SDK, HTTP and GraphQL failures to what the caller
-  should do: try another GPU type (no capacity), retry with backoff (transient), or stop (auth).
-* **Idempotent create.** A create can time out after RunPod made the pod, so before every retry the
-  pod is looked up by its (deterministic, unique) name.
-
-The SDK is imported lazily: ``runpod`` takes seconds to import and this module is loaded by every
-Prefect process through the worker's entry point.
+* **Classified errors.** :func:`classify_failure` maps a status and RunPod's ``detail`` to what the
+  caller should do, as RunPod's create-pod page tells clients to: 400 "no instances" → try another GPU
+  type (capacity has no code of its own, only the detail); other 400 → this candidate was refused;
+  402 → the account cannot pay, stop launching; 403 → this candidate is not open to the account;
+  422 → the request is wrong, never retry; 429 → wait ``Retry-After``; 5xx and transport failures →
+  retry with backoff.
+* **Retries only where a request is idempotent.** Reads, DELETE and pod actions are retried. A create
+  is not: a create that timed out may have made the pod, so before another attempt the pod is looked
+  up by its (deterministic, unique) name. A 429 was refused before anything happened, so it is always
+  safe to repeat after the wait.
+* **Rate limits honoured.** ``Retry-After`` on a 429, and the ``RateLimit`` header on every answer:
+  when a window has no requests left, the next request waits until it resets.
+* **Secrets kept out.** The key travels only in the ``Authorization`` header; messages carry the
+  operation, the status and RunPod's detail, never the request.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import re
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from infra.runpod.gpu_choice import GpuTypeInfo
-from infra.runpod.models import Pod, PodPort, PodSpec
+from infra.runpod.gpu_choice import AvailabilityLevel, GpuTypeInfo
+from infra.runpod.models import Cloud, Pod, PodSpec, PodStatus, pod_from_wire
 
 if TYPE_CHECKING:
     from blocks.runpod import RunPodCredentials
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-# Capacity failures as the live API words them (matched case-insensitively, by substring).
-_NO_CAPACITY_MESSAGES = (
+DEFAULT_API_BASE_URL = "https://api.runpod.io"
+# Capacity failures as RunPod words them (matched case-insensitively, by substring).
+_NO_CAPACITY_DETAILS = (
     "no longer any instances available",
     "there are no instances available",
     "does not have the resources to deploy your pod",
+    "no capacity",
+    "not enough capacity",
 )
-_TRANSIENT_MESSAGES = (
-    "something went wrong. please try again later",
-    "internal server error",
-    "timed out",
-    "timeout",
-    "too many requests",
-    "rate limit",
-)
-_AUTH_MESSAGES = ("unauthorized", "not authorized", "permission", "forbidden", "api key")
-_NOT_FOUND_MESSAGES = ("pod not found",)
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_BILLING_DETAILS = ("insufficient balance", "spending limit", "spend limit", "add funds")
+_MAX_RETRY_AFTER_S = 120.0
+_RATE_LIMIT_MEMBER = re.compile(r'"?(?P<window>[A-Za-z0-9_-]+)"?\s*;(?P<params>[^,]*)')
 
 
 # ---------------------------------------------------------------------------------------------------
-# String encoding (pure)
-# ---------------------------------------------------------------------------------------------------
-
-
-def encode_graphql_string(value: str, *, field: str = "value") -> str:
-    """Escape ``value`` so that the SDK's ``"…{value}…"`` interpolation parses back to exactly ``value``.
-
-    The SDK builds ``env: [{ key: "K", value: "V" }]`` by string pasting, so a quote ends the string
-    early, a backslash starts an escape and a newline is a syntax error. A JSON string body is also a
-    valid GraphQL string body with the same meaning, so JSON-escaping fixes all three. Non-ASCII stays
-    as raw UTF-8 (valid GraphQL source text) rather than escaped surrogate pairs (``\\ud83d\\ude80``),
-    whose handling differs between GraphQL servers.
-    """
-    if "\x00" in value:
-        raise ValueError(f"{field} contains a NUL character, which no process environment can hold")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"{field} is not valid Unicode text (position {exc.start})") from None
-    return json.dumps(value, ensure_ascii=False)[1:-1]
-
-
-def encode_env(env: Mapping[str, str]) -> dict[str, str]:
-    """Validate env names and encode env values for the SDK (see :func:`encode_graphql_string`)."""
-    encoded: dict[str, str] = {}
-    for key, value in env.items():
-        if not _ENV_KEY.match(key):
-            raise ValueError(
-                f"env name {key!r} is not a valid variable name (letters, digits, _; no leading digit)"
-            )
-        encoded[key] = encode_graphql_string(str(value), field=f"env[{key!r}]")
-    return encoded
-
-
-# ---------------------------------------------------------------------------------------------------
-# Error classification (pure)
+# Failure classification (pure)
 # ---------------------------------------------------------------------------------------------------
 
 
 class RunPodErrorKind(StrEnum):
-    NO_CAPACITY = "no_capacity"  # try the next GPU type / cloud
-    TRANSIENT = "transient"  # retry with backoff
-    AUTH = "auth"  # never retry
-    NOT_FOUND = "not_found"  # the pod is already gone
-    UNKNOWN_GPU = "unknown_gpu"  # RunPod does not know this GPU type id
-    INVALID = "invalid"  # the request itself is wrong; retrying cannot help
+    NO_CAPACITY = "no_capacity"  # try the next GPU type / cloud, or wait for stock
+    REJECTED = "rejected"  # a 400 that is not capacity: this candidate was refused
+    BILLING = "billing"  # 402 / spending limit: no candidate can succeed until it clears
+    FORBIDDEN = "forbidden"  # 403: the account may not use this (pool, pod)
+    AUTH = "auth"  # 401: the key is wrong; never retry
+    NOT_FOUND = "not_found"  # 404
+    CONFLICT = "conflict"  # 409: not valid in the pod's current state
+    INVALID = "invalid"  # 422: the request does not match the contract; never retry
+    RATE_LIMITED = "rate_limited"  # 429: wait Retry-After
+    TRANSIENT = "transient"  # 5xx, timeouts, connection failures: retry with backoff
 
 
-def classify_error(exc: BaseException) -> RunPodErrorKind:
-    """What a failure of an SDK call means for the caller (see :class:`RunPodErrorKind`)."""
-    import requests
-    from runpod import error as runpod_error
-
-    if isinstance(exc, runpod_error.AuthenticationError):
-        return RunPodErrorKind.AUTH
-    if isinstance(exc, runpod_error.QueryError):
-        message = str(exc).lower()
-        for kind, needles in (
-            (RunPodErrorKind.NO_CAPACITY, _NO_CAPACITY_MESSAGES),
-            (RunPodErrorKind.NOT_FOUND, _NOT_FOUND_MESSAGES),
-            (RunPodErrorKind.TRANSIENT, _TRANSIENT_MESSAGES),
-            (RunPodErrorKind.AUTH, _AUTH_MESSAGES),
-        ):
-            if any(needle in message for needle in needles):
-                return kind
-        return RunPodErrorKind.INVALID
-    # A 429/5xx with an HTML body surfaces as a JSON decode error; it is a RequestException and a
-    # ValueError at once, so it must be caught before the ValueError branch below.
-    if isinstance(exc, requests.RequestException | json.JSONDecodeError | TimeoutError | ConnectionError):
+def classify_failure(status: int | None, detail: str = "") -> RunPodErrorKind:
+    """What a failed call means. ``status`` None: no HTTP answer at all (transport failure)."""
+    text = detail.lower()
+    if status is None or status >= 500:
         return RunPodErrorKind.TRANSIENT
-    if isinstance(exc, KeyError | TypeError):  # an answer with neither "errors" nor "data"
-        return RunPodErrorKind.TRANSIENT
-    if isinstance(exc, ValueError) and "no gpu found" in str(exc).lower():
-        return RunPodErrorKind.UNKNOWN_GPU
-    return RunPodErrorKind.INVALID
+    if status == 429:
+        return RunPodErrorKind.RATE_LIMITED
+    if status == 402 or any(needle in text for needle in _BILLING_DETAILS):
+        return RunPodErrorKind.BILLING
+    if status == 400:
+        if any(needle in text for needle in _NO_CAPACITY_DETAILS):
+            return RunPodErrorKind.NO_CAPACITY
+        return RunPodErrorKind.REJECTED
+    return {
+        401: RunPodErrorKind.AUTH,
+        403: RunPodErrorKind.FORBIDDEN,
+        404: RunPodErrorKind.NOT_FOUND,
+        409: RunPodErrorKind.CONFLICT,
+    }.get(status, RunPodErrorKind.INVALID)
 
 
 class RunPodApiError(Exception):
     """A RunPod call failed; ``kind`` says what to do about it. Messages never include request text."""
 
-    def __init__(self, message: str, kind: RunPodErrorKind):
+    def __init__(
+        self,
+        message: str,
+        kind: RunPodErrorKind,
+        *,
+        status: int | None = None,
+        detail: str = "",
+        retry_after_s: float | None = None,
+    ):
         super().__init__(message)
         self.kind = kind
+        self.status = status
+        self.detail = detail
+        self.retry_after_s = retry_after_s
 
 
 class RunPodAuthError(RunPodApiError):
@@ -158,41 +124,91 @@ class RunPodNoCapacity(RunPodApiError):
     pass
 
 
+class RunPodBillingBlocked(RunPodApiError):
+    """The account cannot pay for more pods (402, spending limit): pause launches until it clears."""
+
+
 class RunPodTransientError(RunPodApiError):
     pass
 
 
-class RunPodUnknownGpuType(RunPodApiError):
-    pass
-
-
 class RunPodRequestError(RunPodApiError):
-    pass
+    """The request was refused as such (400 not capacity, 403, 404, 409, 422)."""
 
 
-_ERROR_CLASS = {
-    RunPodErrorKind.AUTH: RunPodAuthError,
+_ERROR_CLASS: dict[RunPodErrorKind, type[RunPodApiError]] = {
     RunPodErrorKind.NO_CAPACITY: RunPodNoCapacity,
+    RunPodErrorKind.BILLING: RunPodBillingBlocked,
+    RunPodErrorKind.AUTH: RunPodAuthError,
     RunPodErrorKind.TRANSIENT: RunPodTransientError,
-    RunPodErrorKind.UNKNOWN_GPU: RunPodUnknownGpuType,
-    RunPodErrorKind.NOT_FOUND: RunPodRequestError,
-    RunPodErrorKind.INVALID: RunPodRequestError,
+    RunPodErrorKind.RATE_LIMITED: RunPodTransientError,
 }
 
 
-def _describe(exc: BaseException) -> str:
-    # QueryError also carries the full query (with every env value) in ``.query``; only the server's
-    # message is safe to show.
-    if isinstance(exc, KeyError):
-        return f"malformed answer (missing {exc})"
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+def api_error(
+    operation: str, status: int | None, detail: str, *, retry_after_s: float | None = None
+) -> RunPodApiError:
+    """The :class:`RunPodApiError` subclass for a failed ``operation``."""
+    kind = classify_failure(status, detail)
+    shown = detail if len(detail) <= 300 else detail[:297] + "..."
+    where = f"HTTP {status}" if status is not None else "no answer"
+    return _ERROR_CLASS.get(kind, RunPodRequestError)(
+        f"RunPod {operation} failed ({where}): {shown}",
+        kind,
+        status=status,
+        detail=detail,
+        retry_after_s=retry_after_s,
+    )
 
 
-def to_api_error(exc: BaseException, operation: str) -> RunPodApiError:
-    """Wrap an SDK failure in the :class:`RunPodApiError` subclass its classification calls for."""
-    kind = classify_error(exc)
-    return _ERROR_CLASS[kind](f"RunPod {operation} failed: {_describe(exc)}", kind)
+def problem_detail(response: httpx.Response) -> str:
+    """RunPod's ``detail`` (plus the validation ``errors``) of a problem+json answer, else a short body."""
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    if isinstance(payload, Mapping):
+        detail = str(payload.get("detail") or payload.get("title") or "")
+        errors = payload.get("errors")
+        if isinstance(errors, list) and errors:
+            detail += " (" + "; ".join(str(error) for error in errors[:5]) + ")"
+        if detail:
+            return detail
+    text = response.text.strip()
+    if response.headers.get("content-type", "").startswith("text/html") or not text:
+        return response.reason_phrase or "no details"
+    return text[:200]
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """``Retry-After`` in seconds (RunPod sends an integer), capped; None when absent or unreadable."""
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return None
+    if not seconds >= 0:
+        return None
+    return min(seconds, _MAX_RETRY_AFTER_S)
+
+
+def rate_limit_wait_seconds(header: str | None) -> float:
+    """Seconds to wait before the next request according to a ``RateLimit`` header
+    (``"minute";r=0;t=12, "hour";r=2800;t=1812``): the longest reset of a window with nothing left."""
+    if not header:
+        return 0.0
+    wait = 0.0
+    for match in _RATE_LIMIT_MEMBER.finditer(header):
+        params = dict(part.strip().split("=", 1) for part in match.group("params").split(";") if "=" in part)
+        try:
+            remaining, reset = int(params.get("r", "1")), float(params.get("t", "0"))
+        except ValueError:
+            continue
+        if remaining <= 0 and reset > 0:
+            wait = max(wait, min(reset, _MAX_RETRY_AFTER_S))
+    return wait
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -217,90 +233,34 @@ class RetryPolicy(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The SDK's process-wide credentials
-# ---------------------------------------------------------------------------------------------------
-
-
-class _SdkCredentialsGate:
-    """Serialises *switches* of the SDK's global credentials; calls with the same ones run in parallel.
-
-    ``runpod.api_key`` and ``RUNPOD_API_BASE_URL`` are read when a request is sent, so a call with
-    other credentials must wait until every call in flight has finished.
-    """
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._active: tuple[str, str | None] | None = None
-        self._in_flight = 0
-
-    @contextmanager
-    def using(self, api_key: str, api_base_url: str | None) -> Iterator[Any]:
-        import runpod
-
-        wanted = (api_key, api_base_url)
-        with self._condition:
-            while self._in_flight and self._active != wanted:
-                self._condition.wait()
-            # Set every time, not only on a switch: code outside this module may have changed them.
-            runpod.api_key = api_key
-            if api_base_url:
-                os.environ["RUNPOD_API_BASE_URL"] = api_base_url
-            else:
-                os.environ.pop("RUNPOD_API_BASE_URL", None)
-            self._active = wanted
-            self._in_flight += 1
-        try:
-            yield runpod
-        finally:
-            with self._condition:
-                self._in_flight -= 1
-                self._condition.notify_all()
-
-
-_GATE = _SdkCredentialsGate()
-
-
-def _pod_from_answer(answer: Mapping[str, Any]) -> Pod:
-    """Our Pod from the SDK's answer (GraphQL field names; ``env`` a list of ``KEY=VALUE``)."""
-    raw_env = answer.get("env") or []
-    if isinstance(raw_env, Mapping):
-        env = {str(k): str(v) for k, v in raw_env.items()}
-    else:
-        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in raw_env)
-    runtime = answer.get("runtime")
-    ports = [
-        PodPort(
-            ip=port.get("ip"),
-            is_public=bool(port.get("isIpPublic")),
-            private_port=port.get("privatePort"),
-            public_port=port.get("publicPort"),
-            type=port.get("type"),
-        )
-        for port in ((runtime or {}).get("ports") or [])
-    ]
-    return Pod(
-        id=answer["id"],
-        name=answer.get("name") or "",
-        desired_status=answer.get("desiredStatus") or "UNKNOWN",
-        image_name=answer.get("imageName"),
-        env=env,
-        docker_args=answer.get("dockerArgs"),
-        gpu_count=answer.get("gpuCount"),
-        gpu_display_name=(answer.get("machine") or {}).get("gpuDisplayName"),
-        cost_per_hr=answer.get("costPerHr"),
-        uptime_seconds=(runtime or {}).get("uptimeInSeconds", answer.get("uptimeSeconds")),
-        runtime_up=runtime is not None,
-        ports=ports,
-    )
-
-
-# ---------------------------------------------------------------------------------------------------
 # The client
 # ---------------------------------------------------------------------------------------------------
 
 
+def _gpu_type_from_wire(answer: Mapping[str, Any], cloud: Cloud | None) -> GpuTypeInfo:
+    price = answer.get("price") or {}
+    max_count = answer.get("maxCount") or {}
+    availability = answer.get("availability")
+    level = AvailabilityLevel(availability) if availability in AvailabilityLevel.__members__ else None
+    ceiling = max(int(max_count.get("secure") or 0), int(max_count.get("community") or 0))
+    return GpuTypeInfo(
+        gpu_type_id=str(answer["id"]),
+        memory_gb=float(answer.get("memory") or 0),
+        max_gpu_count=ceiling or None,
+        secure_cloud=bool(answer.get("secure")),
+        community_cloud=bool(answer.get("community")),
+        secure_price=price.get("secure"),
+        community_price=price.get("community"),
+        secure_availability=level if cloud == "SECURE" else None,
+        community_availability=level if cloud == "COMMUNITY" else None,
+    )
+
+
 class RunPodClient:
-    """Synchronous RunPod client (the SDK uses blocking ``requests``); async callers use a thread."""
+    """Synchronous client of RunPod's REST API v2 (blocking httpx); async callers use a thread.
+
+    Safe to share between threads. ``close()`` releases its connections.
+    """
 
     def __init__(
         self,
@@ -310,12 +270,17 @@ class RunPodClient:
         retry: RetryPolicy | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        timeout_s: float = 30.0,
     ):
         self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
         self.api_base_url = api_base_url.rstrip("/") if api_base_url else None
         self._retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
         self._sleep = sleep
+        self._timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
+        self._http: httpx.Client | None = None
+        self._lock = threading.Lock()
+        self._not_before = 0.0  # monotonic time before which no request is sent (rate limit)
 
     @classmethod
     def from_credentials(cls, credentials: RunPodCredentials, **kwargs: Any) -> RunPodClient:
@@ -324,76 +289,90 @@ class RunPodClient:
     def __repr__(self) -> str:
         return f"RunPodClient(api_base_url={self.api_base_url!r})"
 
+    def close(self) -> None:
+        with self._lock:
+            if self._http is not None:
+                self._http.close()
+                self._http = None
+
     # -- reads ---------------------------------------------------------------------------------------
 
     def list_pods(self) -> list[Pod]:
-        answer = self._call_with_retries("list pods", lambda sdk: sdk.get_pods())
-        return [_pod_from_answer(pod) for pod in answer or []]
+        answer = self._request("GET", "/v2/pods", operation="list pods")
+        return [pod_from_wire(pod) for pod in (answer or {}).get("pods") or []]
 
     def get_pod(self, pod_id: str) -> Pod | None:
         """The pod, or None when RunPod no longer knows it (terminated)."""
-        encoded = encode_graphql_string(pod_id, field="pod id")
-        answer = self._call_with_retries(f"get pod {pod_id}", lambda sdk: sdk.get_pod(encoded))
-        return _pod_from_answer(answer) if answer else None
+        try:
+            answer = self._request("GET", f"/v2/pods/{_path_id(pod_id)}", operation=f"get pod {pod_id}")
+        except RunPodRequestError as error:
+            if error.kind is RunPodErrorKind.NOT_FOUND:
+                return None
+            raise
+        return pod_from_wire(answer)
+
+    def pods_named(self, name: str, *, exclude_ids: Collection[str] = ()) -> list[Pod]:
+        """The live pods called ``name`` (one, by our naming convention, unless a create was doubled)."""
+        return [
+            pod
+            for pod in self.list_pods()
+            if pod.name == name and pod.id not in exclude_ids and pod.status is not PodStatus.TERMINATED
+        ]
 
     def find_pod_by_name(self, name: str, *, exclude_ids: Collection[str] = ()) -> Pod | None:
-        """The live pod called ``name`` (names are unique by our convention), ignoring ``exclude_ids``."""
-        for pod in self.list_pods():
-            if pod.name == name and pod.id not in exclude_ids and pod.desired_status != "TERMINATED":
-                return pod
-        return None
+        pods = self.pods_named(name, exclude_ids=exclude_ids)
+        return pods[0] if pods else None
 
-    def get_gpu_type(self, gpu_type_id: str, gpu_count: int = 1) -> GpuTypeInfo:
-        """RunPod's memory, clouds and prices for one GPU type; :class:`RunPodUnknownGpuType` if unknown."""
-        encoded = encode_graphql_string(gpu_type_id, field="gpu type id")
-        answer = self._call_with_retries(
-            f"get GPU type {gpu_type_id!r}", lambda sdk: sdk.get_gpu(encoded, gpu_count)
+    def gpu_catalog(self, gpu_count: int = 1, cloud: Cloud | None = None) -> dict[str, GpuTypeInfo]:
+        """Every GPU type RunPod offers for pods, with prices, and stock for ``gpu_count`` GPUs in
+        ``cloud`` when one is named (``include=AVAILABILITY&product=POD``)."""
+        params: dict[str, Any] = {}
+        if cloud is not None:
+            params = {"include": "AVAILABILITY", "product": "POD", "count": gpu_count, "cloud": cloud}
+        answer = self._request("GET", "/v2/catalog/gpus", params=params, operation="list GPU types")
+        return {str(gpu["id"]): _gpu_type_from_wire(gpu, cloud) for gpu in (answer or {}).get("gpus") or []}
+
+    def pod_billing_usd(self, pod_id: str) -> float | None:
+        """What RunPod billed for the pod so far (``GET /v2/billing/pods``), or None if it has no record."""
+        answer = self._request(
+            "GET", "/v2/billing/pods", params={"podId": pod_id}, operation=f"read billing of pod {pod_id}"
         )
-        return GpuTypeInfo(
-            gpu_type_id=gpu_type_id,
-            memory_gb=float(answer.get("memoryInGb") or 0),
-            max_gpu_count=answer.get("maxGpuCount"),
-            secure_cloud=bool(answer.get("secureCloud")),
-            community_cloud=bool(answer.get("communityCloud")),
-            secure_price=answer.get("securePrice"),
-            community_price=answer.get("communityPrice"),
-        )
+        totals = ((answer or {}).get("metadata") or {}).get("totals") or {}
+        total = totals.get("totalAmount")
+        return float(total) if isinstance(total, int | float) else None
 
     # -- writes --------------------------------------------------------------------------------------
 
-    def create_pod(self, spec: PodSpec, *, exclude_ids: Collection[str] = ()) -> str:
-        """Create the pod and return its id, or the id of the pod a timed-out earlier attempt made.
+    def create_pod(self, spec: PodSpec, *, exclude_ids: Collection[str] = ()) -> Pod:
+        """Create the pod, or return the pod an earlier, timed-out attempt made.
 
-        Raises :class:`RunPodNoCapacity` (try elsewhere), :class:`RunPodUnknownGpuType`,
-        :class:`RunPodAuthError`, :class:`RunPodRequestError`, or :class:`RunPodTransientError` once
-        the retries are spent.
+        Raises :class:`RunPodNoCapacity` (try elsewhere), :class:`RunPodBillingBlocked`,
+        :class:`RunPodAuthError`, :class:`RunPodRequestError`, or :class:`RunPodTransientError` once the
+        retries are spent — in which case the caller must look the pod up by name before trying
+        anything else, since the last attempt may still have made it.
         """
-        if not spec.gpu_type_id:
-            raise ValueError(f"pod {spec.name}: gpu_type_id is required (CPU pods are not supported)")
-        arguments = self._sdk_create_arguments(spec)
-        operation = f"create pod {spec.name} on {spec.gpu_type_id} ({spec.cloud_type})"
+        body = spec.create_request()
+        operation = f"create pod {spec.name} on {spec.gpu_count}x {spec.gpu_type_id} ({spec.cloud})"
         for attempt in range(self._retry.attempts):
             try:
-                with _GATE.using(self._api_key.get_secret_value(), self.api_base_url) as sdk:
-                    answer = sdk.create_pod(**arguments)
-                return answer["id"]
-            except Exception as exc:  # noqa: BLE001 - classified below
-                error = to_api_error(exc, operation)
-            if not isinstance(error, RunPodTransientError) or attempt + 1 == self._retry.attempts:
-                raise error
-            logger.warning("%s; looking for the pod before retrying", error)
+                return pod_from_wire(self._send("POST", "/v2/pods", json=body, operation=operation))
+            except RunPodApiError as error:
+                if error.kind is RunPodErrorKind.RATE_LIMITED and attempt + 1 < self._retry.attempts:
+                    continue  # refused before anything happened; _send already waited
+                if error.kind is not RunPodErrorKind.TRANSIENT or attempt + 1 == self._retry.attempts:
+                    raise
+                logger.warning("%s; looking for the pod before retrying", error)
             self._sleep(self._retry.delay_s(attempt, self._rng))
             existing = self.find_pod_by_name(spec.name, exclude_ids=exclude_ids)
             if existing is not None:
                 logger.info("Found pod %s from an earlier create attempt of %s", existing.id, spec.name)
-                return existing.id
+                return existing
         raise AssertionError("unreachable: the loop returns or raises")
 
     def terminate_pod(self, pod_id: str) -> bool:
         """Terminate the pod (ends all billing); False when it was already gone."""
-        encoded = encode_graphql_string(pod_id, field="pod id")
         try:
-            self._call_with_retries(f"terminate pod {pod_id}", lambda sdk: sdk.terminate_pod(encoded))
+            self._request("DELETE", f"/v2/pods/{_path_id(pod_id)}", operation=f"terminate pod {pod_id}")
         except RunPodRequestError as error:
             if error.kind is RunPodErrorKind.NOT_FOUND:
                 return False
@@ -401,52 +380,92 @@ class RunPodClient:
         return True
 
     def stop_pod(self, pod_id: str) -> None:
-        """Stop the pod's container (GPU billing ends; its volume still bills until terminated)."""
-        encoded = encode_graphql_string(pod_id, field="pod id")
-        self._call_with_retries(f"stop pod {pod_id}", lambda sdk: sdk.stop_pod(encoded))
+        """Stop the pod's container (compute billing ends; its disk still bills until terminated)."""
+        self._request(
+            "POST",
+            f"/v2/pods/{_path_id(pod_id)}/action",
+            json={"action": "stop"},
+            operation=f"stop pod {pod_id}",
+        )
 
     # -- plumbing ------------------------------------------------------------------------------------
 
-    def _call_with_retries(self, operation: str, call: Callable[[Any], T]) -> T:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+    ) -> Any:
+        """An idempotent request, retried on transient failures and rate limits."""
         for attempt in range(self._retry.attempts):
             try:
-                with _GATE.using(self._api_key.get_secret_value(), self.api_base_url) as sdk:
-                    return call(sdk)
-            except Exception as exc:  # noqa: BLE001 - classified below
-                error = to_api_error(exc, operation)
-            if not isinstance(error, RunPodTransientError) or attempt + 1 == self._retry.attempts:
-                raise error
-            delay = self._retry.delay_s(attempt, self._rng)
-            logger.warning("%s; retrying in %.1f s", error, delay)
-            self._sleep(delay)
+                return self._send(method, path, params=params, json=json, operation=operation)
+            except RunPodApiError as error:
+                retryable = error.kind in (RunPodErrorKind.TRANSIENT, RunPodErrorKind.RATE_LIMITED)
+                if not retryable or attempt + 1 == self._retry.attempts:
+                    raise
+                if error.kind is RunPodErrorKind.TRANSIENT:
+                    delay = self._retry.delay_s(attempt, self._rng)
+                    logger.warning("%s; retrying in %.1f s", error, delay)
+                    self._sleep(delay)
         raise AssertionError("unreachable: the loop returns or raises")
 
-    @staticmethod
-    def _sdk_create_arguments(spec: PodSpec) -> dict[str, Any]:
-        def encoded(value: str | None, field: str) -> str | None:
-            return None if value is None else encode_graphql_string(value, field=field)
+    def _client(self) -> httpx.Client:
+        with self._lock:
+            if self._http is None:
+                self._http = httpx.Client(
+                    base_url=self.api_base_url or DEFAULT_API_BASE_URL,
+                    timeout=self._timeout,
+                    headers={"Accept": "application/json"},
+                    follow_redirects=False,
+                )
+            return self._http
 
-        return {
-            "name": encoded(spec.name, "name"),
-            "image_name": encoded(spec.image, "image"),
-            "gpu_type_id": encoded(spec.gpu_type_id, "gpu type id"),
-            "cloud_type": spec.cloud_type,
-            "support_public_ip": spec.support_public_ip,
-            "start_ssh": spec.start_ssh,
-            "data_center_id": encoded(spec.data_center_id, "data_center_id"),
-            "gpu_count": spec.gpu_count,
-            "volume_in_gb": spec.volume_gb,
-            "container_disk_in_gb": spec.container_disk_gb,
-            "min_vcpu_count": spec.min_vcpu_count,
-            "min_memory_in_gb": spec.min_memory_gb,
-            "docker_args": encoded(spec.docker_args, "docker_args"),
-            "ports": encoded(",".join(spec.ports), "ports") if spec.ports else None,
-            "volume_mount_path": encoded(spec.volume_mount_path, "volume_mount_path"),
-            "env": encode_env(spec.env),
-            "network_volume_id": encoded(spec.network_volume_id, "network_volume_id"),
-            "allowed_cuda_versions": [
-                encode_graphql_string(version, field="allowed_cuda_versions")
-                for version in spec.allowed_cuda_versions
-            ]
-            or None,
-        }
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+    ) -> Any:
+        """One request; raises :class:`RunPodApiError` on any failure. A 429 waits before raising."""
+        wait = self._not_before - time.monotonic()
+        if wait > 0:
+            logger.info("RunPod rate limit: waiting %.1f s before %s", wait, operation)
+            self._sleep(wait)
+        headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
+        try:
+            response = self._client().request(method, path, params=params, json=json, headers=headers)
+        except httpx.TransportError as exc:
+            raise api_error(operation, None, type(exc).__name__ + (f": {exc}" if str(exc) else "")) from None
+        reset_wait = rate_limit_wait_seconds(response.headers.get("ratelimit"))
+        if reset_wait:
+            self._not_before = max(self._not_before, time.monotonic() + reset_wait)
+        if response.status_code < 400:
+            if response.status_code == 204 or not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                raise api_error(operation, response.status_code, "the answer is not JSON") from None
+        retry_after = retry_after_seconds(response.headers)
+        error = api_error(
+            operation, response.status_code, problem_detail(response), retry_after_s=retry_after
+        )
+        if error.kind is RunPodErrorKind.RATE_LIMITED:
+            delay = retry_after if retry_after is not None else self._retry.max_delay_s
+            logger.warning("%s; waiting %.1f s (Retry-After)", error, delay)
+            self._sleep(delay)
+        raise error
+
+
+def _path_id(pod_id: str) -> str:
+    """A pod id as one path segment; anything else is refused rather than sent to another path."""
+    if not pod_id or not re.fullmatch(r"[A-Za-z0-9_-]+", pod_id):
+        raise ValueError(f"{pod_id!r} is not a RunPod pod id (letters, digits, '-' and '_')")
+    return pod_id

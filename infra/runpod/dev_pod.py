@@ -25,7 +25,9 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from infra.bounds import DEFAULT_TTL_HOURS, POD_START_TIMEOUT_SECONDS_MAX, TTL_HOURS_MAX, bounded_positive
 from infra.runpod.api import RunPodApiError, RunPodClient
+from infra.runpod.hardware import HardwareOption
 from infra.runpod.launch import GpuCatalogue, NoGpuAvailable, launch_pod
 from infra.runpod.models import PodSpec
 from infra.worker.pod_spec import DEFAULT_GPU_TYPES, DEFAULT_IMAGE, POD_ENTRYPOINT, TTL_HOURS_ENV
@@ -45,7 +47,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="ow dev-pod", description="Start a RunPod dev pod with SSH and a TTL."
     )
     parser.add_argument(
-        "--ttl-hours", type=float, default=24.0, help="terminate the pod after this long (default 24)"
+        "--ttl-hours",
+        type=float,
+        default=DEFAULT_TTL_HOURS,
+        help=f"terminate the pod after this long (default {DEFAULT_TTL_HOURS:g}, at most {TTL_HOURS_MAX:g})",
     )
     parser.add_argument(
         "--gpu-type",
@@ -78,7 +83,10 @@ def _parser() -> argparse.ArgumentParser:
         "--wait-seconds",
         type=float,
         default=300.0,
-        help="wait this long for the pod to come up and print its SSH address (0: do not wait)",
+        help=(
+            "wait this long for the pod to come up and print its SSH address "
+            f"(0: do not wait; at most {POD_START_TIMEOUT_SECONDS_MAX:g})"
+        ),
     )
     return parser
 
@@ -117,8 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The dev-pod command; returns the process exit status."""
     args = _parser().parse_args(argv)
     try:
-        if args.ttl_hours <= 0:
-            raise ValueError(f"--ttl-hours must be greater than 0, got {args.ttl_hours}")
+        bounded_positive(args.ttl_hours, name="--ttl-hours", maximum=TTL_HOURS_MAX)
+        bounded_positive(
+            args.wait_seconds, name="--wait-seconds", maximum=POD_START_TIMEOUT_SECONDS_MAX, allow_zero=True
+        )
         client = _client(args.credentials_block)
         public_key = _public_key(args.public_key_file)
         env = {TTL_HOURS_ENV: format(args.ttl_hours, "g"), "OW_DEV": "1", **dict(args.env)}
@@ -130,9 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             env["RUNPOD_API_BASE_URL"] = client.api_base_url
         plan = GpuCatalogue().plan(
             client,
-            preferences=args.gpu_types or DEFAULT_GPU_TYPES,
+            options=[
+                HardwareOption(
+                    gpu_count=args.gpu_count, gpu_type_ids=tuple(args.gpu_types or DEFAULT_GPU_TYPES)
+                )
+            ],
             min_vram_gb=args.min_vram_gb,
-            gpu_count=args.gpu_count,
             cloud_type=args.cloud_type,
             price_overrides={},
         )
@@ -143,10 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             container_disk_gb=args.container_disk_gb,
             volume_gb=args.volume_gb,
             network_volume_id=args.network_volume_id,
-            data_center_id=args.data_center_id,
+            data_center_ids=[args.data_center_id] if args.data_center_id else [],
             ports=["22/tcp"],
             env=env,
-            docker_args=shlex.join([*POD_ENTRYPOINT, "--dev"]),
+            args=shlex.join([*POD_ENTRYPOINT, "--dev"]),
             start_ssh=True,
         )
         launched = launch_pod(client, spec, plan, report=_report)
@@ -168,7 +181,7 @@ def _print_ssh_address(client: RunPodClient, pod_id: str, wait_seconds: float) -
             pod = client.get_pod(pod_id)
         except RunPodApiError:
             pod = None
-        ssh = [p for p in (pod.ports if pod else []) if p.private_port == 22 and p.is_public and p.ip]
+        ssh = [p for p in (pod.ports if pod else []) if p.private_port == 22 and p.public_port and p.ip]
         if ssh:
             print(f"ssh root@{ssh[0].ip} -p {ssh[0].public_port}")
             return

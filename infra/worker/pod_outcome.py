@@ -11,12 +11,12 @@ from enum import StrEnum
 
 from prefect.client.schemas.objects import StateType
 
-from infra.runpod.models import Pod
+from infra.runpod.models import Pod, PodStatus
 
 
 class PodPhase(StrEnum):
-    UP = "up"  # desired RUNNING (the container may still be booting)
-    STOPPED = "stopped"  # desired EXITED: the container is gone, the pod (and its volume bill) is not
+    UP = "up"  # PROVISIONING, STARTING or RUNNING: on its way, or running
+    STOPPED = "stopped"  # EXITED or ERROR: the container is not running and will not on its own
     GONE = "gone"  # RunPod no longer knows the pod (terminated)
     UNKNOWN = "unknown"  # RunPod did not answer
 
@@ -45,9 +45,9 @@ class Verdict(StrEnum):
 
 
 def pod_phase(pod: Pod | None) -> PodPhase:
-    if pod is None or pod.desired_status == "TERMINATED":
+    if pod is None or pod.status is PodStatus.TERMINATED:
         return PodPhase.GONE
-    if pod.desired_status == "EXITED":
+    if pod.status in (PodStatus.EXITED, PodStatus.ERROR):
         return PodPhase.STOPPED
     return PodPhase.UP
 
@@ -126,7 +126,8 @@ def crash_message(
     last_status = watch.last_seen.describe() if watch.last_seen is not None else "never seen"
     pod = f"RunPod pod {watch.pod_id} on {watch.placement}"
     if verdict is Verdict.POD_LOST:
-        what = "disappeared" if watch.pod is PodPhase.GONE else "stopped"
+        failed = watch.last_seen is not None and watch.last_seen.status is PodStatus.ERROR
+        what = "disappeared" if watch.pod is PodPhase.GONE else "failed (RunPod status ERROR)" if failed else "stopped"
         state = watch.flow_run_state.value.title() if watch.flow_run_state else "active"
         message = f"{pod} {what} while the flow run was {state}; last known status {last_status}."
         if seconds_since_launch >= ttl_hours * 3600:

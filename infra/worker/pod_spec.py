@@ -5,7 +5,10 @@ Naming convention (the worker and its orphan sweep rely on it):
 * pod name ``ow-<work pool slug>-<flow run id>``: unique per flow run and the same on every attempt,
   so a create that timed out after RunPod made the pod finds that pod instead of making a second;
 * env ``OW_RUNPOD_WORK_POOL=<work pool name>`` and ``PREFECT__FLOW_RUN_ID=<flow run id>``: the exact
-  owner, which the sweep reads because slugs of different pool names can collide.
+  owner, which the sweep reads because slugs of different pool names can collide;
+* env ``OW_POD_START_TIMEOUT_SECONDS`` and ``OW_POD_MAX_RUN_HOURS``: the run's own bounds, written at
+  launch so that a sweep (any worker of the pool, after a restart) applies them from the pod's age to a
+  pod nobody watches, whatever its run's state.
 
 Dev pods (``infra.runpod.dev_pod``) are named ``ow-dev-…`` and carry no work-pool label, so no sweep touches them.
 """
@@ -23,6 +26,8 @@ POD_NAME_PREFIX = "ow-"
 WORK_POOL_ENV = "OW_RUNPOD_WORK_POOL"
 FLOW_RUN_ID_ENV = "PREFECT__FLOW_RUN_ID"
 TTL_HOURS_ENV = "TTL_HOURS"
+START_TIMEOUT_ENV = "OW_POD_START_TIMEOUT_SECONDS"
+MAX_RUN_HOURS_ENV = "OW_POD_MAX_RUN_HOURS"
 # RunPod gives each pod its own, pod-scoped key under this name; the account key must never replace it.
 POD_API_KEY_ENV = "RUNPOD_API_KEY"
 POD_ENTRYPOINT = ("python", "-m", "infra.pod.entrypoint")
@@ -71,8 +76,21 @@ def flow_run_id_of(pod: Pod) -> uuid.UUID | None:
     return None
 
 
+def launch_bound_seconds(pod: Pod, name: str) -> float | None:
+    """A bound written on the pod at launch (:data:`START_TIMEOUT_ENV` in seconds,
+    :data:`MAX_RUN_HOURS_ENV` in hours, returned in seconds); None when absent or unreadable."""
+    raw = pod.env.get(name)
+    try:
+        value = float(raw) if raw else None
+    except ValueError:
+        return None
+    if value is None or not 0 < value < float("inf"):
+        return None
+    return value * 3600 if name == MAX_RUN_HOURS_ENV else value
+
+
 def pod_start_command(flow_run_command: str) -> str:
-    """The pod's ``dockerArgs``: our entrypoint, then the flow-run command Prefect prepared.
+    """The pod's start command (``args``): our entrypoint, then the flow-run command Prefect prepared.
 
     Built as an argument list and joined with ``shlex`` so any quoting in the command survives the
     trip through RunPod (and the emulator splits it back with ``shlex.split``).
@@ -91,6 +109,8 @@ def pod_env(
     ttl_hours: float,
     work_pool_name: str,
     api_base_url: str | None,
+    start_timeout_seconds: float | None = None,
+    max_run_hours: float | None = None,
 ) -> dict[str, str]:
     """The pod's environment: Prefect's (API URL, flow-run id, auth, and the user's and ``OW_*``
     variables of the job configuration, passed through unchanged) plus what our pod side needs."""
@@ -98,6 +118,10 @@ def pod_env(
     env.pop(POD_API_KEY_ENV, None)
     env[TTL_HOURS_ENV] = format(ttl_hours, "g")
     env[WORK_POOL_ENV] = work_pool_name
+    if start_timeout_seconds:
+        env[START_TIMEOUT_ENV] = format(start_timeout_seconds, "g")
+    if max_run_hours:
+        env[MAX_RUN_HOURS_ENV] = format(max_run_hours, "g")
     if api_base_url:
         # The pod ends itself through the same API the worker uses (an emulator or a proxy).
         env["RUNPOD_API_BASE_URL"] = api_base_url

@@ -3,12 +3,16 @@
 A worker that is killed (even with SIGKILL) stops watching its pods. Most of them end themselves
 (the pod entrypoint terminates its pod when the flow run ends, the TTL watchdog when time runs
 out), but not all: a pod whose key may only *stop* it, a pod whose flow run was ended from outside,
-a pod from a create whose answer never arrived. Every worker therefore sweeps its pool's pods on
-start and periodically, using the naming convention of :mod:`infra.worker.pod_spec`.
+a pod from a create whose answer never arrived, a pod that never reaches our entrypoint (a bad image,
+an early crash: no watchdog runs in it). Every worker therefore sweeps its pool's pods on start and
+periodically, using the naming convention of :mod:`infra.worker.pod_spec`, and applies to the pods
+nobody watches the bounds written on them at launch — the start timeout and ``max_run_hours`` —
+from their age, whatever their run's state.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 from collections.abc import Collection
@@ -22,9 +26,15 @@ from prefect.states import Crashed
 from prefect.utilities.engine import propose_state
 
 from infra.runpod.api import RunPodApiError, RunPodClient
-from infra.runpod.models import Pod
+from infra.runpod.models import Pod, PodStatus
 from infra.worker.pod_outcome import FlowRunPhase, flow_run_phase
-from infra.worker.pod_spec import belongs_to_pool, flow_run_id_of
+from infra.worker.pod_spec import (
+    MAX_RUN_HOURS_ENV,
+    START_TIMEOUT_ENV,
+    belongs_to_pool,
+    flow_run_id_of,
+    launch_bound_seconds,
+)
 
 
 @dataclass(frozen=True)
@@ -34,11 +44,19 @@ class SweepDecision:
 
 
 def judge(
-    pod: Pod, *, flow_run_id: uuid.UUID | None, flow_run_exists: bool, state: StateType | None
+    pod: Pod,
+    *,
+    flow_run_id: uuid.UUID | None,
+    flow_run_exists: bool,
+    state: StateType | None,
+    flow_run_started: bool = False,
+    now: dt.datetime | None = None,
 ) -> SweepDecision | None:
     """Whether to terminate one of the pool's pods nobody in this worker watches; None: leave it.
 
-    ``state`` None with ``flow_run_exists`` means Prefect did not answer: never terminate on a guess.
+    ``state`` None with ``flow_run_exists`` means Prefect did not answer: the run-state rules never
+    terminate on a guess, but the launch-time bounds (pod age against the start timeout and
+    ``max_run_hours``) do not depend on Prefect and apply whatever the run's state.
     """
     if flow_run_id is None:
         return SweepDecision("it names no flow run")
@@ -47,7 +65,23 @@ def judge(
     phase = flow_run_phase(state)
     if phase is FlowRunPhase.FINISHED:
         return SweepDecision(f"flow run {flow_run_id} is already {state.value if state else 'final'}")
-    if pod.desired_status == "EXITED":
+    overrun = _overran_launch_bounds(pod, flow_run_started=flow_run_started, now=now)
+    if overrun is not None:
+        crash = None
+        if phase in (FlowRunPhase.ACTIVE, FlowRunPhase.CANCELLING):
+            crash = f"RunPod pod {pod.id} {overrun} while no worker was watching it; it was terminated."
+        return SweepDecision(f"it {overrun}", crash_message=crash)
+    if pod.status is PodStatus.ERROR and state is not None:
+        return SweepDecision(
+            f"it failed (RunPod status ERROR) while flow run {flow_run_id} was {state.value}",
+            crash_message=(
+                f"RunPod pod {pod.id} failed (RunPod status ERROR: a bad image or a host failure) while no "
+                "worker was watching; the flow run cannot continue in it."
+            )
+            if phase is FlowRunPhase.ACTIVE
+            else None,
+        )
+    if pod.status is PodStatus.EXITED:
         if phase is FlowRunPhase.ACTIVE:
             return SweepDecision(
                 f"it stopped while flow run {flow_run_id} was active and no worker watched it",
@@ -58,6 +92,20 @@ def judge(
             )
         if phase is FlowRunPhase.WAITING:
             return SweepDecision(f"it stopped and flow run {flow_run_id} waits to be scheduled again")
+    return None
+
+
+def _overran_launch_bounds(pod: Pod, *, flow_run_started: bool, now: dt.datetime | None) -> str | None:
+    """What bound the pod overran ("never started its flow run within 1800 s"), or None."""
+    age = pod.age_seconds(now or dt.datetime.now(dt.UTC))
+    if age is None:
+        return None
+    max_run = launch_bound_seconds(pod, MAX_RUN_HOURS_ENV)
+    if max_run is not None and age > max_run:
+        return f"ran past max_run_hours={max_run / 3600:g} ({age / 3600:.2f} h since launch)"
+    start_timeout = launch_bound_seconds(pod, START_TIMEOUT_ENV)
+    if start_timeout is not None and not flow_run_started and age > start_timeout:
+        return f"did not start its flow run within pod_start_timeout_seconds={start_timeout:g} ({age:.0f} s since launch)"
     return None
 
 
@@ -76,19 +124,19 @@ async def sweep_orphaned_pods(
         if pod.id in watched_pod_ids or not belongs_to_pool(pod, work_pool_name):
             continue
         flow_run_id = flow_run_id_of(pod)
-        exists, state = True, None
+        exists, state, started = True, None, False
         if flow_run_id is not None:
             try:
                 flow_run = await prefect_client.read_flow_run(flow_run_id)
                 state = flow_run.state.type if flow_run.state else None
+                started = flow_run.start_time is not None
             except ObjectNotFound:
                 exists = False
-            except Exception as exc:  # noqa: BLE001 - Prefect unreachable: decide next sweep
-                logger.debug("Sweep: cannot read flow run %s (%s); leaving pod %s", flow_run_id, exc, pod.id)
-                continue
-            if exists and state is None:
-                continue
-        decision = judge(pod, flow_run_id=flow_run_id, flow_run_exists=exists, state=state)
+            except Exception as exc:  # noqa: BLE001 - Prefect unreachable: only the launch bounds apply
+                logger.debug("Sweep: cannot read flow run %s (%s)", flow_run_id, exc)
+        decision = judge(
+            pod, flow_run_id=flow_run_id, flow_run_exists=exists, state=state, flow_run_started=started
+        )
         if decision is None:
             continue
         logger.warning("Terminating orphaned RunPod pod %s (%s): %s", pod.id, pod.name, decision.reason)

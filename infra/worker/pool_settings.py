@@ -12,7 +12,15 @@ import re
 from pydantic import BaseModel, Field, field_validator
 
 from blocks.runpod import RunPodCredentials
+from infra.bounds import (
+    DEFAULT_TTL_HOURS,
+    MAX_RUN_HOURS_MAX,
+    POD_START_TIMEOUT_SECONDS_MAX,
+    POLL_INTERVAL_SECONDS_MAX,
+    TTL_HOURS_MAX,
+)
 from infra.runpod.gpu_choice import CloudType
+from infra.runpod.hardware import MAX_GPUS_PER_POD
 from infra.worker.pod_spec import DEFAULT_GPU_TYPES, DEFAULT_IMAGE
 
 _PORT = r"^\d{1,5}/(tcp|http|udp)$"
@@ -34,7 +42,7 @@ class RunPodPodSettings(BaseModel):
             "cheapest first (ties in this order); when RunPod has none available the next is tried."
         ),
     )
-    gpu_count: int = Field(default=1, ge=1, le=16, title="GPU count", description="GPUs per pod.")
+    gpu_count: int = Field(default=1, ge=1, le=MAX_GPUS_PER_POD, title="GPU count", description="GPUs per pod.")
     min_vram_gb: float = Field(
         default=0,
         ge=0,
@@ -71,33 +79,84 @@ class RunPodPodSettings(BaseModel):
     allowed_cuda_versions: list[str] = Field(
         default_factory=list, title="Allowed CUDA versions", description='e.g. ["12.4", "12.6"]; empty: any.'
     )
-    min_vcpu_count: int = Field(
-        default=1, ge=1, title="Minimum vCPUs", description="Minimum vCPUs of the pod."
-    )
-    min_memory_gb: int = Field(
-        default=1, ge=1, title="Minimum memory (GB)", description="Minimum system RAM in GB."
-    )
     ttl_hours: float = Field(
-        default=24,
+        default=DEFAULT_TTL_HOURS,
         gt=0,
+        le=TTL_HOURS_MAX,
+        allow_inf_nan=False,
         title="TTL (hours)",
-        description="The pod terminates itself this long after it starts, whatever happens (extend with `ow ttl`).",
+        description=(
+            "The pod terminates itself this long after it starts, whatever happens (extend with `ow ttl`). "
+            f"More than 0, at most {TTL_HOURS_MAX:g}."
+        ),
     )
     max_run_hours: float | None = Field(
         default=None,
         gt=0,
+        le=MAX_RUN_HOURS_MAX,
+        allow_inf_nan=False,
         title="Maximum run time (hours)",
-        description="The worker terminates the pod and crashes the run after this long; empty: no limit.",
+        description=(
+            "The worker terminates the pod and crashes the run after this long; empty: no limit. "
+            f"More than 0, at most {MAX_RUN_HOURS_MAX:g}."
+        ),
     )
     pod_start_timeout_seconds: float = Field(
         default=1800,
         gt=0,
-        description="Crash the run and terminate the pod if the flow run has not started this long after launch.",
+        le=POD_START_TIMEOUT_SECONDS_MAX,
+        allow_inf_nan=False,
+        description=(
+            "Crash the run and terminate the pod if the flow run has not started this long after launch. "
+            f"More than 0, at most {POD_START_TIMEOUT_SECONDS_MAX:g}."
+        ),
     )
     poll_interval_seconds: float = Field(
         default=10,
         gt=0,
-        description="How often the worker checks pod and flow run (also the delay before billing stops).",
+        le=POLL_INTERVAL_SECONDS_MAX,
+        allow_inf_nan=False,
+        description=(
+            "How often the worker checks pod and flow run (also the delay before billing stops). "
+            f"More than 0, at most {POLL_INTERVAL_SECONDS_MAX:g}."
+        ),
+    )
+    allowed_hardware: list[str] = Field(
+        default_factory=list,
+        title="Allowed hardware",
+        description=(
+            'GPU counts and types this run may use, e.g. ["1x H100", "2x A100"] (short names or RunPod ids); '
+            "set per job. Empty: gpu_types × gpu_count."
+        ),
+    )
+    capacity_wait_minutes: float = Field(
+        default=240,
+        ge=0,
+        le=7 * 24 * 60,
+        allow_inf_nan=False,
+        title="Capacity wait (minutes)",
+        description=(
+            "How long a run waits (Scheduled, AwaitingCapacity) for a fitting GPU to come into stock, or for a "
+            "billing refusal to clear, before it ends. 0: do not wait."
+        ),
+    )
+    capacity_retry_seconds: float = Field(
+        default=60,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        title="Capacity check interval (seconds)",
+        description="First delay between capacity checks of a waiting run; it doubles per check, up to 8×.",
+    )
+    final_state_grace_seconds: float = Field(
+        default=30,
+        ge=0,
+        le=600,
+        allow_inf_nan=False,
+        description=(
+            "After the flow run reaches a final state, how long the pod may take to end itself (its engine "
+            "sends its last logs first) before the worker terminates it."
+        ),
     )
     runpod_credentials: RunPodCredentials | None = Field(
         default=None,
@@ -110,6 +169,14 @@ class RunPodPodSettings(BaseModel):
     def _gpu_types_named(cls, value: list[str]) -> list[str]:
         if any(not gpu.strip() for gpu in value):
             raise ValueError("gpu_types holds an empty name; use RunPod ids such as 'NVIDIA A40'")
+        return value
+
+    @field_validator("allowed_hardware")
+    @classmethod
+    def _hardware_well_formed(cls, value: list[str]) -> list[str]:
+        from infra.runpod.hardware import parse_allowed_hardware
+
+        parse_allowed_hardware(value)  # raises ValueError naming the entry
         return value
 
     @field_validator("ports")

@@ -10,26 +10,36 @@ then point the pool's ``runpod_credentials`` variable at a saved ``ow-runpod-cre
 "{{ prefect.blocks.ow-runpod-credentials.my-account }}"}``). The worker type is registered through the
 ``prefect.collections`` entry point of this project, so installing the project is all it takes.
 
-Per flow run the worker:
+It speaks RunPod's REST API v2 (:mod:`infra.runpod.api`). Per flow run the worker:
 
-1. chooses GPU types: those of ``gpu_types`` with at least ``min_vram_gb / gpu_count`` GB each,
-   cheapest first (:mod:`infra.runpod.gpu_choice`), and on "no instances available" tries the next; when
-   all are exhausted the run ends Crashed with a message listing every attempt;
-2. creates one pod named ``ow-<pool>-<flow run id>`` (:mod:`infra.worker.pod_spec`) whose start command is
-   ``python -m infra.pod.entrypoint -- <Prefect's flow-run command>`` and whose env is the job's env
-   (Prefect API settings, flow-run id, ``OW_*``, user variables) plus ``TTL_HOURS``; the pod id
-   becomes the run's infrastructure PID;
-3. polls pod and flow run every ``poll_interval_seconds``, terminates the pod as soon as the run is
-   final or cancelling, and marks the run Crashed if the pod vanishes or stops first, overruns
-   ``max_run_hours``, or never starts the run (:mod:`infra.worker.pod_outcome`).
+1. reads RunPod's catalog with stock and plans the hardware: the job's ``allowed_hardware`` or the
+   pool's ``gpu_types`` × ``gpu_count``, those with at least ``min_vram_gb / gpu_count`` GB each, in
+   stock first, cheapest first (:mod:`infra.runpod.gpu_choice`), and on "no instances available" tries
+   the next;
+2. when nothing fitting can be had, puts the run back as ``Scheduled`` (``AwaitingCapacity``, with a
+   message naming what it waits for) and tries again with backoff for up to ``capacity_wait_minutes``;
+   a 402 (balance, spending limit) pauses the pool's launches the same way
+   (:mod:`infra.runpod.capacity`); only an exhausted wait ends the run, listing what was tried;
+3. creates one pod named ``ow-<pool>-<flow run id>`` (name and env derived in the job configuration's
+   ``prepare_for_flow_run``, :mod:`infra.worker.pod_spec`) whose start command is
+   ``python -m infra.pod.entrypoint -- <Prefect's flow-run command>``; the pod id becomes the run's
+   infrastructure PID;
+4. polls pod and flow run every ``poll_interval_seconds``; when the run reaches a final state it gives
+   the pod ``final_state_grace_seconds`` to end itself (its entrypoint does so when the engine exits,
+   after the engine has sent its last logs) before terminating it, and never lets a crash reported
+   after the final state replace it; it terminates the pod at once on cancellation, and marks the run
+   Crashed if the pod vanishes, stops or fails first, overruns ``max_run_hours``, or never starts the
+   run (:mod:`infra.worker.pod_outcome`).
 
-On start and every ``OW_RUNPOD_SWEEP_INTERVAL_SECONDS`` (default 60) the worker also terminates its
-pool's pods that no flow run needs any more (:mod:`infra.worker.pod_sweep`), so a worker killed mid-run
-leaves nothing billing behind once it is started again.
+On start and every ``OW_RUNPOD_SWEEP_INTERVAL_SECONDS`` (default 60) the worker also terminates the
+pool's pods that no flow run needs any more, or that overran the bounds written on them at launch
+(:mod:`infra.worker.pod_sweep`), in every RunPod account the pool or its deployments use, so a worker
+killed mid-run leaves nothing billing behind once any worker of the pool is running.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import time
@@ -39,14 +49,27 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 import httpx
+from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
 from prefect.client.schemas.objects import StateType
-from prefect.exceptions import InfrastructureNotFound, ObjectNotFound
+from prefect.events import emit_event
+from prefect.exceptions import Abort, InfrastructureNotFound, ObjectNotFound
+from prefect.states import Scheduled
+from prefect.utilities.engine import propose_state
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import Field
 
 from blocks.runpod import RunPodCredentials
-from infra.runpod.api import RunPodApiError, RunPodClient
-from infra.runpod.launch import GpuCatalogue, LaunchedPod, launch_pod
+from infra.bounds import SWEEP_INTERVAL_SECONDS_MAX, parse_bounded_positive
+from infra.runpod.api import RunPodApiError, RunPodBillingBlocked, RunPodClient
+from infra.runpod.capacity import (
+    AWAITING_CAPACITY,
+    LaunchGate,
+    capacity_wait_started,
+    capacity_waits_so_far,
+    decide_capacity_wait,
+)
+from infra.runpod.hardware import HardwareOption, parse_allowed_hardware
+from infra.runpod.launch import GpuCatalogue, LaunchedPod, NoGpuAvailable, launch_pod
 from infra.runpod.models import PodSpec
 from infra.worker.pod_outcome import (
     FlowRunPhase,
@@ -58,20 +81,36 @@ from infra.worker.pod_outcome import (
     flow_run_phase,
     pod_phase,
 )
-from infra.worker.pod_spec import POD_API_KEY_ENV, pod_env, pod_name_for, pod_start_command
+from infra.worker.pod_spec import (
+    POD_API_KEY_ENV,
+    belongs_to_pool,
+    pod_env,
+    pod_name_for,
+    pod_start_command,
+)
 from infra.worker.pod_sweep import sweep_orphaned_pods
 from infra.worker.pool_settings import RunPodPodSettings
 
 if TYPE_CHECKING:
     from uuid import UUID
 
-    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.objects import FlowRun, State
     from prefect.logging.loggers import PrefectLogAdapter
 
 SWEEP_INTERVAL_ENV = "OW_RUNPOD_SWEEP_INTERVAL_SECONDS"
+# How long the worker reuses RunPod's catalog (stock and prices) between launches: RunPod's rate limit
+# is per minute, and a sweep of hundreds of runs would otherwise read it twice per launch.
+CATALOG_MAX_AGE_ENV = "OW_RUNPOD_CATALOG_MAX_AGE_SECONDS"
 # How long after terminating a cancelled run's pod the worker keeps its Cancelled state: RunPod sends
 # SIGTERM, then SIGKILL, and an engine that reports its own end in between reports Crashed.
 CANCEL_SETTLE_SECONDS = 20.0
+# How long after the pod goes the worker keeps watching for a crash reported over a final state.
+FINAL_STATE_SETTLE_SECONDS = 5.0
+EVENT_PREFIX = "ow.runpod"
+
+
+class CapacityUnavailable(RuntimeError):
+    """Nothing could be launched now; the message says why (stock, cooldowns, billing)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +123,35 @@ class _FlowRunObservation:
 
 class RunPodJobConfiguration(BaseJobConfiguration, RunPodPodSettings):
     """One flow run's pod, as the work pool's template and the deployment's job variables make it."""
+
+    def prepare_for_flow_run(
+        self,
+        flow_run: FlowRun,
+        deployment: Any = None,
+        flow: Any = None,
+        work_pool: Any = None,
+        worker_name: str | None = None,
+        worker_id: Any = None,
+    ) -> None:  # noqa: E501 - Prefect's signature
+        """Prefect's env, then the pod's: its one name and the env it gets (see :func:`pod_env`)."""
+        super().prepare_for_flow_run(flow_run, deployment, flow, work_pool, worker_name, worker_id)
+        pool_name = work_pool.name if work_pool is not None else (flow_run.work_pool_name or "pool")
+        self.name = pod_name_for(pool_name, flow_run.id)
+        credentials = self.runpod_credentials
+        self.env = pod_env(
+            self.env,
+            ttl_hours=self.ttl_hours,
+            work_pool_name=pool_name,
+            api_base_url=credentials.api_base_url if credentials else None,
+            start_timeout_seconds=self.pod_start_timeout_seconds,
+            max_run_hours=self.max_run_hours,
+        )
+
+    def hardware_options(self) -> list[HardwareOption]:
+        """The job's ``allowed_hardware`` when it names any, else the pool's types × ``gpu_count``."""
+        if self.allowed_hardware:
+            return parse_allowed_hardware(self.allowed_hardware)
+        return [HardwareOption(gpu_count=self.gpu_count, gpu_type_ids=tuple(self.gpu_types))]
 
 
 class RunPodVariables(BaseVariables, RunPodPodSettings):
@@ -105,15 +173,24 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
     job_configuration_variables = RunPodVariables
     _display_name = "RunPod"
     _description = (
-        "Run each flow run in its own RunPod GPU pod, cheapest fitting GPU first, with a TTL safety net."
+        "Run each flow run in its own RunPod GPU pod, in-stock and cheapest GPU first, with a TTL safety net."
     )
     _documentation_url = "https://docs.runpod.io/pods/overview"
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._gpu_catalogue = GpuCatalogue()
+        self._gpu_catalogue = GpuCatalogue(
+            max_age_s=parse_bounded_positive(
+                os.environ.get(CATALOG_MAX_AGE_ENV),
+                name=CATALOG_MAX_AGE_ENV,
+                default=20.0,
+                maximum=600.0,
+                allow_zero=True,
+            )
+        )
+        self._launch_gate = LaunchGate()
         self._watched_pod_ids: set[str] = set()
-        self._credentials_in_use: dict[str, RunPodCredentials] = {}
+        self._clients: dict[str, RunPodClient] = {}
         self._sweep_scope: anyio.CancelScope | None = None
 
     async def setup(self) -> None:
@@ -127,6 +204,8 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         if self._sweep_scope is not None:
             self._sweep_scope.cancel()
         await super().teardown(*exc_info)
+        for client in self._clients.values():
+            client.close()
 
     async def run(
         self,
@@ -136,7 +215,13 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
     ) -> RunPodWorkerResult:
         logger = self.get_flow_run_logger(flow_run)
         client = self._runpod_client(configuration)
-        launched = await self._launch_pod(flow_run, configuration, client, logger)
+        try:
+            launched = await self._launch_pod(flow_run, configuration, client, logger)
+        except CapacityUnavailable as exc:
+            if await self._wait_for_capacity(flow_run, configuration, str(exc), logger):
+                (task_status or anyio.TASK_STATUS_IGNORED).started("")
+                return RunPodWorkerResult(identifier="", status_code=0)
+            raise
         self._watched_pod_ids.add(launched.pod_id)
         try:
             (task_status or anyio.TASK_STATUS_IGNORED).started(launched.pod_id)
@@ -150,13 +235,21 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         configuration: RunPodJobConfiguration,
         grace_seconds: int = 30,
     ) -> None:
-        """Terminate the pod (RunPod has no graceful terminate: its processes get SIGTERM, then SIGKILL)."""
+        """Terminate the pod, if this pool launched it (RunPod has no graceful terminate: its
+        processes get SIGTERM, then SIGKILL). An infrastructure PID naming any other pod of the
+        account — set by hand through the API, say — is refused, not terminated."""
         client = self._runpod_client(configuration)
-        terminated = await anyio.to_thread.run_sync(client.terminate_pod, infrastructure_pid)
-        if not terminated:
+        pod = await anyio.to_thread.run_sync(client.get_pod, infrastructure_pid)
+        if pod is None:
             raise InfrastructureNotFound(
                 f"RunPod pod {infrastructure_pid!r} was not found; it may already be terminated."
             )
+        if not belongs_to_pool(pod, self._work_pool_name):
+            raise InfrastructureNotFound(
+                f"RunPod pod {infrastructure_pid!r} ({pod.name!r}) was not launched by work pool "
+                f"{self._work_pool_name!r}; refusing to terminate it."
+            )
+        await anyio.to_thread.run_sync(client.terminate_pod, infrastructure_pid)
 
     async def _give_worker_labels_to_flow_run(self, flow_run_id: UUID) -> None:
         # BaseWorker sets these attribution labels before calling run() and crashes the run when that
@@ -180,11 +273,17 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
                 "The runpod_credentials job variable is not set: save an ow-runpod-credentials block and select it "
                 f"in work pool {self._work_pool_name!r} (or in the deployment's job_variables)."
             )
+        return self._client_for(credentials)
+
+    def _client_for(self, credentials: RunPodCredentials) -> RunPodClient:
+        """One client per account (and API address): it keeps its connections and rate-limit state,
+        and the sweep covers every account a run of this worker used."""
         fingerprint = hashlib.sha256(
             f"{credentials.api_key.get_secret_value()}\0{credentials.api_base_url}".encode()
         ).hexdigest()
-        self._credentials_in_use.setdefault(fingerprint, credentials)
-        return RunPodClient.from_credentials(credentials)
+        if fingerprint not in self._clients:
+            self._clients[fingerprint] = RunPodClient.from_credentials(credentials)
+        return self._clients[fingerprint]
 
     async def _launch_pod(
         self,
@@ -193,7 +292,10 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         client: RunPodClient,
         logger: PrefectLogAdapter,
     ) -> LaunchedPod:
-        name = pod_name_for(self._work_pool_name, flow_run.id)
+        paused = self._launch_gate.billing_pause()
+        if paused is not None:
+            raise CapacityUnavailable(f"launches of this pool are paused: {paused}")
+        name = configuration.name or pod_name_for(self._work_pool_name, flow_run.id)
         stale = await anyio.to_thread.run_sync(client.find_pod_by_name, name)
         if stale is not None:
             # Only an earlier attempt of this flow run can own the name; its work is over.
@@ -201,44 +303,123 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             await anyio.to_thread.run_sync(client.terminate_pod, stale.id)
         if POD_API_KEY_ENV in configuration.env:
             logger.warning("Dropped %s from the pod env: RunPod gives each pod its own key", POD_API_KEY_ENV)
+        options = configuration.hardware_options()
         plan = await anyio.to_thread.run_sync(
             lambda: self._gpu_catalogue.plan(
                 client,
-                preferences=configuration.gpu_types,
+                options=options,
                 min_vram_gb=configuration.min_vram_gb,
-                gpu_count=configuration.gpu_count,
                 cloud_type=configuration.cloud_type,
                 price_overrides=configuration.gpu_prices,
             )
         )
+        plan = plan.without(self._launch_gate.cooling_down())
         spec = PodSpec(
             name=name,
             image=configuration.image,
-            gpu_count=configuration.gpu_count,
             container_disk_gb=configuration.container_disk_gb,
             volume_gb=configuration.volume_gb,
             volume_mount_path=configuration.volume_mount_path,
             network_volume_id=configuration.network_volume_id,
-            data_center_id=configuration.data_center_id,
+            data_center_ids=[configuration.data_center_id] if configuration.data_center_id else [],
             ports=configuration.ports,
-            env=pod_env(
-                configuration.env,
-                ttl_hours=configuration.ttl_hours,
-                work_pool_name=self._work_pool_name,
-                api_base_url=client.api_base_url,
-            ),
-            docker_args=pod_start_command(configuration.command or "prefect flow-run execute"),
+            env={
+                key: value
+                for key, value in configuration.env.items()
+                if value is not None and key != POD_API_KEY_ENV
+            },
+            args=pod_start_command(configuration.command or "prefect flow-run execute"),
             allowed_cuda_versions=configuration.allowed_cuda_versions,
-            min_vcpu_count=configuration.min_vcpu_count,
-            min_memory_gb=configuration.min_memory_gb,
         )
-        launched = await anyio.to_thread.run_sync(
-            lambda: launch_pod(
-                client, spec, plan, exclude_ids={stale.id} if stale else (), report=logger.info
+        try:
+            launched = await anyio.to_thread.run_sync(
+                lambda: launch_pod(
+                    client, spec, plan, exclude_ids={stale.id} if stale else (), report=logger.info
+                )
             )
-        )
+        except RunPodBillingBlocked as exc:
+            reason = f"RunPod refused to create pods for this account ({exc.detail or exc})"
+            if self._launch_gate.pause_for_billing(reason, configuration.capacity_retry_seconds):
+                self._emit_pool_event("launches.paused", reason)
+                logger.error("Pausing launches of work pool %s: %s", self._work_pool_name, reason)
+            raise CapacityUnavailable(f"launches of this pool are paused: {reason}") from None
+        except NoGpuAvailable as exc:
+            for candidate, outcome in exc.attempts:
+                if outcome == "no instances available":
+                    self._launch_gate.capacity_failed(candidate.gpu_type_id, candidate.cloud_type)
+            self._gpu_catalogue.forget()
+            if not exc.waiting_can_help:
+                raise
+            raise CapacityUnavailable(str(exc)) from None
+        if self._launch_gate.launched(launched.candidate.gpu_type_id, launched.candidate.cloud_type):
+            self._emit_pool_event("launches.resumed", "a pod was created again")
+            logger.info("Launches of work pool %s resumed", self._work_pool_name)
         logger.info("Launched RunPod pod %s (%s) on %s", launched.pod_id, name, launched.candidate.describe())
         return launched
+
+    async def _wait_for_capacity(
+        self, flow_run: FlowRun, configuration: RunPodJobConfiguration, why: str, logger: PrefectLogAdapter
+    ) -> bool:
+        """Put the run back as Scheduled (``AwaitingCapacity``) with backoff; False once the pool's
+        ``capacity_wait_minutes`` are spent (the run then ends with ``why``)."""
+        try:
+            states = await self.client.read_flow_run_states(flow_run.id)
+        except Exception as exc:  # noqa: BLE001 - without history, count this as the first wait
+            logger.warning("Cannot read the run's state history (%s)", exc)
+            states = []
+        history = [(state.name, state.timestamp) for state in states]
+        now = dt.datetime.now(dt.UTC)
+        decision = decide_capacity_wait(
+            now=now,
+            wait_started=capacity_wait_started(history),
+            waits_so_far=capacity_waits_so_far(history),
+            wait_limit_s=configuration.capacity_wait_minutes * 60,
+            retry_base_s=configuration.capacity_retry_seconds,
+        )
+        waited = f"{decision.waited_s / 60:.1f} of {configuration.capacity_wait_minutes:g} min"
+        if decision.retry_at is None:
+            logger.error(
+                "Gave up waiting for RunPod capacity after %s (capacity_wait_minutes): %s", waited, why
+            )
+            return False
+        message = f"Waiting for RunPod capacity ({waited} so far): {why} Next check at {decision.retry_at:%H:%M:%S} UTC."
+        try:
+            await propose_state(
+                self.client,
+                Scheduled(scheduled_time=decision.retry_at, name=AWAITING_CAPACITY, message=message),
+                flow_run_id=flow_run.id,
+            )
+        except (Abort, ObjectNotFound):
+            return True  # cancelled or deleted meanwhile: nothing left to launch
+        logger.warning(message)
+        self._emit_flow_run_event(flow_run, "capacity.waiting", message)
+        return True
+
+    def _emit_pool_event(self, what: str, reason: str) -> None:
+        emit_event(
+            event=f"{EVENT_PREFIX}.{what}",
+            resource={
+                "prefect.resource.id": f"prefect.work-pool.{self._work_pool_name}",
+                "prefect.resource.name": self._work_pool_name,
+            },
+            payload={"reason": reason},
+        )
+
+    def _emit_flow_run_event(self, flow_run: FlowRun, what: str, message: str) -> None:
+        emit_event(
+            event=f"{EVENT_PREFIX}.{what}",
+            resource={
+                "prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
+                "prefect.resource.name": flow_run.name,
+            },
+            related=[
+                {
+                    "prefect.resource.id": f"prefect.work-pool.{self._work_pool_name}",
+                    "prefect.resource.role": "work-pool",
+                }
+            ],
+            payload={"message": message},
+        )
 
     # -- watching ------------------------------------------------------------------------------------
 
@@ -269,8 +450,16 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
                 start_timeout_seconds=configuration.pod_start_timeout_seconds,
             )
             if verdict is not Verdict.KEEP_WATCHING:
+                final_state = run.flow_run.state if run.flow_run is not None else None
                 return await self._conclude(
-                    verdict, flow_run, configuration, client, watch, time.monotonic() - launched_at, logger
+                    verdict,
+                    flow_run,
+                    configuration,
+                    client,
+                    watch,
+                    time.monotonic() - launched_at,
+                    logger,
+                    final_state,
                 )
 
     async def _observe_pod(self, client: RunPodClient, watch: PodWatch, logger: PrefectLogAdapter) -> None:
@@ -304,6 +493,46 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         if current.flow_run is not None and current.state_type in (StateType.CANCELLING, StateType.CRASHED):
             await self._mark_flow_run_as_cancelled(current.flow_run, state_updates={"message": message})
 
+    async def _await_pod_end(
+        self, client: RunPodClient, watch: PodWatch, seconds: float, poll: float
+    ) -> bool:
+        """Whether the pod ended itself within ``seconds`` (its entrypoint does once the engine exits)."""
+        with anyio.move_on_after(seconds):
+            while True:
+                try:
+                    pod = await anyio.to_thread.run_sync(client.get_pod, watch.pod_id)
+                except RunPodApiError:
+                    pod = watch.last_seen
+                if pod_phase(pod) is PodPhase.GONE:
+                    return True
+                await anyio.sleep(min(poll, 1.0))
+        return False
+
+    async def _keep_final_state(
+        self, flow_run_id: UUID, final_state: State, logger: PrefectLogAdapter
+    ) -> None:
+        """Put back a final state that a crash reported after it replaced (an engine that got SIGTERM
+        while shutting down forces Crashed over Completed). A final state is the run's outcome."""
+        with anyio.move_on_after(FINAL_STATE_SETTLE_SECONDS):
+            while True:
+                current = await self._observe_flow_run(flow_run_id)
+                state = current.flow_run.state if current.flow_run is not None else None
+                if (
+                    state is not None
+                    and state.type is StateType.CRASHED
+                    and final_state.type is not StateType.CRASHED
+                    and state.timestamp > final_state.timestamp
+                ):
+                    logger.warning(
+                        "A crash was reported after the run had ended %s (%s); keeping %s",
+                        final_state.name,
+                        state.message,
+                        final_state.name,
+                    )
+                    await self.client.set_flow_run_state(flow_run_id, final_state.fresh_copy(), force=True)
+                    return
+                await anyio.sleep(1.0)
+
     async def _conclude(
         self,
         verdict: Verdict,
@@ -313,22 +542,37 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         watch: PodWatch,
         seconds_since_launch: float,
         logger: PrefectLogAdapter,
+        final_state: State | None = None,
     ) -> RunPodWorkerResult:
-        """Act on a verdict: terminate the pod in every case (billing stops) and settle the run's state.
+        """Act on a verdict: make sure the pod goes in every case (billing stops) and settle the run's state.
 
-        A cancelled run is marked Cancelled before its pod is terminated, and kept Cancelled while the
-        pod goes down: an engine started without Prefect's runner (which handles cancellation itself)
-        sees only SIGTERM and forces Crashed, though what ended it was the user's cancellation.
+        A finished run's pod gets ``final_state_grace_seconds`` to end itself first: terminating it
+        at once kills an engine still sending its last logs, which then reports Crashed. A cancelled
+        run is marked Cancelled before its pod is terminated, and kept Cancelled while the pod goes
+        down: an engine started without Prefect's runner (which handles cancellation itself) sees only
+        SIGTERM and forces Crashed, though what ended it was the user's cancellation.
         """
         pod_id = watch.pod_id
         cancelled_message = f"Cancelled; the worker is terminating RunPod pod {pod_id}."
         if verdict is Verdict.CANCEL:
             await self._keep_cancelled(flow_run.id, cancelled_message)
-        try:
-            if await anyio.to_thread.run_sync(client.terminate_pod, pod_id):
-                logger.info("Terminated RunPod pod %s (%s)", pod_id, verdict.value.replace("_", " "))
-        except RunPodApiError as exc:
-            logger.error("Could not terminate pod %s (%s); the worker's orphan sweep will retry", pod_id, exc)
+        ended_itself = False
+        if verdict is Verdict.FLOW_RUN_FINISHED and watch.pod is not PodPhase.GONE:
+            ended_itself = await self._await_pod_end(
+                client, watch, configuration.final_state_grace_seconds, configuration.poll_interval_seconds
+            )
+            if ended_itself:
+                logger.info("RunPod pod %s ended itself after the flow run finished", pod_id)
+        if not ended_itself and watch.pod is not PodPhase.GONE:
+            try:
+                if await anyio.to_thread.run_sync(client.terminate_pod, pod_id):
+                    logger.info("Terminated RunPod pod %s (%s)", pod_id, verdict.value.replace("_", " "))
+            except RunPodApiError as exc:
+                logger.error(
+                    "Could not terminate pod %s (%s); the worker's orphan sweep will retry", pod_id, exc
+                )
+        if verdict is Verdict.FLOW_RUN_FINISHED and final_state is not None and final_state.is_final():
+            await self._keep_final_state(flow_run.id, final_state, logger)
         if verdict is Verdict.CANCEL:
             logger.info("Flow run cancelled; RunPod pod %s terminated", pod_id)
             with anyio.move_on_after(CANCEL_SETTLE_SECONDS):
@@ -360,20 +604,39 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
                 await self._sweep_orphaned_pods()
                 await anyio.sleep(interval)
 
-    async def _sweep_orphaned_pods(self) -> None:
-        """Sweep every RunPod account this worker has used, starting with the pool's default one."""
+    async def _accounts_of_pool(self) -> None:
+        """Register every RunPod account the pool uses: its default credentials and each of its
+        deployments' ``runpod_credentials`` override, so a restarted worker sweeps them all."""
+        value_sets: list[dict[str, Any]] = [{}]
         try:
-            pool_default = await RunPodJobConfiguration.from_template_and_values(
-                base_job_template=self.work_pool.base_job_template, values={}, client=self.client
+            deployments = await self.client.read_deployments(
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name]))
             )
-            if pool_default.runpod_credentials is not None:
-                self._runpod_client(pool_default)  # registers the pool's account for sweeping
+            value_sets += [
+                dict(d.job_variables or {})
+                for d in deployments
+                if (d.job_variables or {}).get("runpod_credentials")
+            ]
         except Exception as exc:  # noqa: BLE001 - still sweep the accounts already known
-            self._logger.warning("Cannot read the work pool's default RunPod credentials: %s", exc)
-        for credentials in list(self._credentials_in_use.values()):
+            self._logger.warning("Cannot read the work pool's deployments: %s", exc)
+        for values in value_sets:
+            try:
+                configuration = await RunPodJobConfiguration.from_template_and_values(
+                    base_job_template=self.work_pool.base_job_template, values=values, client=self.client
+                )
+            except Exception as exc:  # noqa: BLE001
+                self._logger.warning("Cannot resolve RunPod credentials of the pool or a deployment: %s", exc)
+                continue
+            if configuration.runpod_credentials is not None:
+                self._client_for(configuration.runpod_credentials)
+
+    async def _sweep_orphaned_pods(self) -> None:
+        """Sweep every RunPod account this worker's pool uses."""
+        await self._accounts_of_pool()
+        for client in list(self._clients.values()):
             try:
                 await sweep_orphaned_pods(
-                    runpod_client=RunPodClient.from_credentials(credentials),
+                    runpod_client=client,
                     prefect_client=self.client,
                     work_pool_name=self._work_pool_name,
                     watched_pod_ids=set(self._watched_pod_ids),
@@ -384,11 +647,11 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
 
 
 def _sweep_interval_seconds() -> float:
-    raw = os.environ.get(SWEEP_INTERVAL_ENV, "").strip() or "60"
-    try:
-        interval = float(raw)
-    except ValueError:
-        interval = -1.0
-    if not interval > 0:
-        raise ValueError(f"{SWEEP_INTERVAL_ENV}={raw!r} must be a number of seconds greater than 0")
-    return interval
+    """``OW_RUNPOD_SWEEP_INTERVAL_SECONDS`` (default 60, at most an hour); a bad value raises ValueError
+    naming the variable, so the worker stops at setup instead of never sweeping."""
+    return parse_bounded_positive(
+        os.environ.get(SWEEP_INTERVAL_ENV),
+        name=SWEEP_INTERVAL_ENV,
+        default=60.0,
+        maximum=SWEEP_INTERVAL_SECONDS_MAX,
+    )

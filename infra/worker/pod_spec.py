@@ -20,6 +20,7 @@ import shlex
 import uuid
 from collections.abc import Mapping
 
+from infra.bounds import MAX_RUN_HOURS_MAX, POD_START_TIMEOUT_SECONDS_MAX, parse_bounded_positive
 from infra.runpod.models import Pod
 
 POD_NAME_PREFIX = "ow-"
@@ -79,12 +80,10 @@ def flow_run_id_of(pod: Pod) -> uuid.UUID | None:
 def launch_bound_seconds(pod: Pod, name: str) -> float | None:
     """A bound written on the pod at launch (:data:`START_TIMEOUT_ENV` in seconds,
     :data:`MAX_RUN_HOURS_ENV` in hours, returned in seconds); None when absent or unreadable."""
-    raw = pod.env.get(name)
+    maximum = MAX_RUN_HOURS_MAX if name == MAX_RUN_HOURS_ENV else POD_START_TIMEOUT_SECONDS_MAX
     try:
-        value = float(raw) if raw else None
+        value = parse_bounded_positive(pod.env.get(name), name=name, default=None, maximum=maximum)
     except ValueError:
-        return None
-    if value is None or not 0 < value < float("inf"):
         return None
     return value * 3600 if name == MAX_RUN_HOURS_ENV else value
 

@@ -71,6 +71,7 @@ from infra.runpod.capacity import (
 from infra.runpod.hardware import HardwareOption, parse_allowed_hardware
 from infra.runpod.launch import GpuCatalogue, LaunchedPod, NoGpuAvailable, launch_pod
 from infra.runpod.models import PodSpec
+from infra.runpod.pod_reads import PodListCache
 from infra.worker.pod_outcome import (
     FlowRunPhase,
     PodPhase,
@@ -191,6 +192,7 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         self._launch_gate = LaunchGate()
         self._watched_pod_ids: set[str] = set()
         self._clients: dict[str, RunPodClient] = {}
+        self._pod_lists: dict[int, PodListCache] = {}
         self._sweep_scope: anyio.CancelScope | None = None
 
     async def setup(self) -> None:
@@ -438,7 +440,7 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             await anyio.sleep(configuration.poll_interval_seconds)
             # Pod first, flow run second: a pod gone because its run just finished is then always seen
             # together with the run's final state (see pod_outcome.decide).
-            await self._observe_pod(client, watch, logger)
+            await self._observe_pod(client, watch, logger, configuration.poll_interval_seconds)
             run = await self._observe_flow_run(flow_run.id)
             watch.flow_run_state = run.state_type
             verdict = decide(
@@ -462,9 +464,14 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
                     final_state,
                 )
 
-    async def _observe_pod(self, client: RunPodClient, watch: PodWatch, logger: PrefectLogAdapter) -> None:
+    async def _observe_pod(
+        self, client: RunPodClient, watch: PodWatch, logger: PrefectLogAdapter, poll_interval: float
+    ) -> None:
+        # One list of the account's pods serves every run polling within the same interval: RunPod's
+        # rate limit is per account and per minute, not per pod.
+        pod_list = self._pod_lists.setdefault(id(client), PodListCache(client))
         try:
-            pod = await anyio.to_thread.run_sync(client.get_pod, watch.pod_id)
+            pod = await anyio.to_thread.run_sync(pod_list.get_pod, watch.pod_id, poll_interval * 0.9)
         except RunPodApiError as exc:
             logger.warning("Cannot read pod %s from RunPod (%s); will look again", watch.pod_id, exc)
             watch.observe(None, PodPhase.UNKNOWN)

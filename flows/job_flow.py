@@ -35,6 +35,7 @@ from tasks.job_control import (
     job_type_tag,
     launch_gpu_stage,
     launch_service_stage,
+    recovery_options,
     validate_parameters,
 )
 from tasks.reporting import artifact_key
@@ -87,7 +88,12 @@ def submit_job(job_type: str, raw_params: dict[str, Any]) -> dict[str, Any]:
     config = spec.params_model.model_validate(params)
     job_variables = gpu_stage_job_variables(config, identity["vram_gb"])
     logger.info("%s", describe_hardware_request(config, identity["vram_gb"]))
-    stage = launch_gpu_stage.with_options(result_storage=load_store_block()) if spec.cacheable else launch_service_stage
+    recovery = recovery_options()
+    stage = (
+        launch_gpu_stage.with_options(result_storage=load_store_block(), **recovery)
+        if spec.cacheable
+        else launch_service_stage.with_options(**recovery)
+    )
     state = stage(job_id, job_type, params, job_variables, return_state=True)
     record_dict = state.result()  # raises GpuStageFailed if the stage failed
     cached = state.name == "Cached"

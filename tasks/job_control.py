@@ -7,10 +7,19 @@ collapsed by the server: each launches the GPU stage with the same idempotency k
 (``<job_id>:<failed attempts so far>``), so the second gets the first's flow run and waits for
 it. A failed or cancelled stage is never cached, and bumps the attempt count so a
 resubmission runs it again.
+
+Recovery is Prefect's own task retry: a GPU stage that ended because its infrastructure was lost
+(the pod vanished or stopped, its container died — Crashed, but not by a limit the user set) raises
+:class:`GpuStageLost`, and the ``gpu-stage`` task is retried up to ``OW_MAX_RECOVERIES`` times (default
+3) with backoff. Each retry launches a new stage run (the failed attempt changed the idempotency key)
+under the same job ID, which resumes from what the lost one stored (training from its last complete
+checkpoint). A failure of the job's own code (Failed), a cancellation and an exhausted limit
+(``max_run_hours``, TTL, capacity wait) are never retried.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from typing import Any
@@ -41,8 +50,59 @@ from jobs.validation import check_inputs, validate_params
 FAILED_STATES = [StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
 
 
+MAX_RECOVERIES_ENV = "OW_MAX_RECOVERIES"
+DEFAULT_MAX_RECOVERIES = 3
+RECOVERY_DELAYS_S = [10, 60, 300]  # before the 1st, 2nd, 3rd and later recoveries
+# Crashed by a bound the user set, or by configuration: another pod would end the same way.
+_NOT_INFRASTRUCTURE_LOSS = (
+    "max_run_hours",
+    "its TTL",
+    "pod_start_timeout_seconds",
+    "Failed to submit flow run to infrastructure",
+)
+
+
 class GpuStageFailed(RuntimeError):
     """The GPU stage of a job did not complete."""
+
+
+class GpuStageLost(GpuStageFailed):
+    """The GPU stage's infrastructure was lost under it: worth another attempt on a new pod."""
+
+
+def infrastructure_was_lost(state_type: StateType | None, message: str | None) -> bool:
+    """Whether a GPU stage that ended in ``state_type`` with ``message`` should be recovered. Pure."""
+    if state_type is not StateType.CRASHED:
+        return False  # Failed: the job's own code; Cancelled: the user's decision
+    return not any(marker in (message or "") for marker in _NOT_INFRASTRUCTURE_LOSS)
+
+
+def max_recoveries(environ: dict[str, str] | None = None) -> int:
+    """``OW_MAX_RECOVERIES`` (0–10, default 3): how many times a lost GPU stage is started again."""
+    raw = (environ if environ is not None else os.environ).get(MAX_RECOVERIES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_RECOVERIES
+    if not raw.isdigit() or int(raw) > 10:
+        raise ValueError(f"{MAX_RECOVERIES_ENV}={raw!r} must be a whole number from 0 to 10")
+    return int(raw)
+
+
+def _recover_if_lost(task, task_run, state) -> bool:
+    """Prefect's retry condition for the gpu-stage task: retry a lost stage only. The failed state's
+    message names the exception (the exception object itself may not survive result persistence)."""
+    lost = GpuStageLost.__name__ in (state.message or "")
+    if lost and task_run.run_count <= task.retries:
+        get_run_logger().warning("GPU stage lost its infrastructure; it will be started again on a new pod")
+    return lost
+
+
+def recovery_options() -> dict[str, Any]:
+    """``with_options`` for the gpu-stage task: retries of a lost stage, with backoff."""
+    return {
+        "retries": max_recoveries(),
+        "retry_delay_seconds": RECOVERY_DELAYS_S,
+        "retry_condition_fn": _recover_if_lost,
+    }
 
 
 def job_tag(job_id: str) -> str:
@@ -101,6 +161,7 @@ def run_gpu_stage(job_id: str, job_type: str, params: dict[str, Any], job_variab
     deployment = gpu_deployment_name(job_type)
     store_block = store_block_name()
     attempt = _failed_attempts(deployment, job_id)
+    _announce_recovery(job_id, job_type)
     stage = run_deployment(
         deployment,
         parameters={"job_type": job_type, "job_id": job_id, "params": params, "store_block": store_block},
@@ -119,8 +180,30 @@ def run_gpu_stage(job_id: str, job_type: str, params: dict[str, Any], job_variab
     state = stage.state
     if not state.is_completed():
         message = (state.message or "").strip()
-        raise GpuStageFailed(f"GPU stage {stage.name} ({stage.id}) ended {state.name}: {message or 'no message'}")
+        error_class = GpuStageLost if infrastructure_was_lost(state.type, message) else GpuStageFailed
+        error = error_class(f"GPU stage {stage.name} ({stage.id}) ended {state.name}: {message or 'no message'}")
+        error.job_id, error.job_type = job_id, job_type
+        raise error
     return load_artifact_store().read_json(result_key(job_id))
+
+
+def _announce_recovery(job_id: str, job_type: str) -> None:
+    """On a retry of the gpu-stage task (a recovery), say so in the log and as an event."""
+    from prefect.context import TaskRunContext
+
+    from tasks.reporting import emit_job_event
+
+    context = TaskRunContext.get()
+    run_count = context.task_run.run_count if context is not None else 1
+    if run_count <= 1:
+        return
+    get_run_logger().warning(
+        "Recovering job %s: GPU stage attempt %d (the previous one lost its pod); it resumes from what "
+        "the lost attempt stored",
+        job_id,
+        run_count,
+    )
+    emit_job_event("recovering", job_id, job_type, {"attempt": run_count})
 
 
 def _wait_until_final(flow_run_id, recheck_seconds: int = 60):

@@ -83,7 +83,9 @@ def test_callbacks_eval_and_events_show_up_in_the_flow_run(ow_stack, sft_params,
     assert wanted <= names
 
 
-def test_killed_training_resumes_from_its_last_checkpoint(ow_stack, sft_params):
+def test_killed_training_is_recovered_and_resumes_from_its_last_checkpoint(ow_stack, sft_params):
+    """The stage's process is killed (its pod lost) mid-training: the control flow starts the stage
+    again by itself, under the same job ID, and training resumes from the last complete checkpoint."""
     params = sft_params(seed=47, epochs=1, max_steps=160, save_steps=5, per_device_train_batch_size=4)
     first = ow_stack.submit("finetune/sft", params)
     stage, job_id = _running_stage(ow_stack, first.id)
@@ -97,12 +99,15 @@ def test_killed_training_resumes_from_its_last_checkpoint(ow_stack, sft_params):
     os.kill(pid, signal.SIGKILL)  # the pod is lost mid-training
     crashed = ow_stack.wait(stage.id)
     assert crashed.state.type == StateType.CRASHED
-    assert ow_stack.wait(first.id).state.type == StateType.FAILED
     complete = sorted(int(k.split("checkpoint-")[1].split("/")[0]) for k in ow_stack.store.list(checkpoints) if k.endswith("/COMPLETE"))
     assert complete and complete[-1] < 160
 
-    again = ow_stack.run("finetune/sft", params)
-    assert again.state.type == StateType.COMPLETED, again.state.message
+    recovered = ow_stack.wait(first.id)  # no new submission
+
+    assert recovered.state.type == StateType.COMPLETED, recovered.state.message
+    assert "Recovering job" in ow_stack.logs(first.id)
+    stages = sorted(ow_stack.gpu_stage_runs(job_id), key=lambda run: run.created)
+    assert [run.state.type for run in stages] == [StateType.CRASHED, StateType.COMPLETED]
     record = ow_stack.store.read_json(f"jobs/{job_id}/result.json")
     resumed = record["details"]["resumed_from_step"]
     assert resumed == complete[-1]

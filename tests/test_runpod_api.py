@@ -20,7 +20,7 @@ from infra.runpod.api import (
     rate_limit_wait_seconds,
 )
 from infra.runpod.gpu_choice import AvailabilityLevel
-from infra.runpod.models import PodSpec, PodStatus
+from infra.runpod.models import PodSpec, PodStatus, pod_from_wire
 
 NO_INSTANCES = "There are no longer any instances available with the requested specifications."
 
@@ -191,3 +191,29 @@ def test_billing_reads_what_the_pod_cost(runpod_emulator):
     client.terminate_pod(pod.id)
     billed = client.pod_billing_usd(pod.id)
     assert billed is not None and billed >= 0
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"cloud": "COMMUNITY", "gpu_count": 2, "ports": ["8000/http", "22/tcp"], "start_ssh": True},
+        {"volume_gb": 20, "data_center_ids": ["US-TX-3"], "allowed_cuda_versions": ["12.8"]},
+        {"network_volume_id": "vol_abc", "env": {"K": "v"}},
+    ],
+)
+def test_every_create_request_we_send_is_valid_under_runpods_schema(fields):
+    from tests.fixtures.runpod_schema import request_errors
+
+    assert request_errors("CreatePodRequest", spec(**fields).create_request()) == []
+
+
+def test_the_pod_examples_in_runpods_schema_read_as_our_pods():
+    from tests.fixtures.runpod_schema import openapi_document
+
+    responses = openapi_document()["paths"]["/v2/pods/{id}"]["get"]["responses"]
+    (example,) = [e["value"] for e in responses["200"]["content"]["application/json"]["examples"].values()]
+    pod = pod_from_wire(example)
+    assert pod.id == example["id"] and pod.status.value == example["status"]
+    assert (pod.gpu_type_id, pod.gpu_count) == (example["gpu"]["id"], example["gpu"]["count"])
+    assert pod.env == example["env"] and pod.created_at is not None

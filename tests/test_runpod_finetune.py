@@ -96,3 +96,52 @@ def test_finetune_from_prefect_yaml_trains_in_a_runpod_pod_and_a_duplicate_start
     assert stack.job_id_of(again) == job_id
     assert len(emulator.all_pods) == 1  # the cache hit started no second pod
     assert len(stack.gpu_stage_runs(job_id)) == 1
+
+
+def test_a_pod_lost_mid_training_is_recovered_on_a_new_pod_from_its_last_checkpoint(
+    runpod_project: RunPodProject, tiny_model_dir: Path
+):
+    """The pod vanishes (its host failed) after a checkpoint: without any new submission the job
+    completes under the same job ID on one more pod, resuming from that checkpoint."""
+    stack, emulator = runpod_project.stack, runpod_project.emulator
+    params = {
+        "model": str(tiny_model_dir),
+        "training_file": runpod_project.training_file,
+        **FAST_SFT,
+        "epochs": 60,  # 360 steps: time to lose the pod after a checkpoint, before the end
+        "save_steps": 20,
+    }
+    pods_before = set(emulator.all_pods)
+    control = stack.submit("finetune/sft", params)
+    job_id = emulator.wait_until(lambda: _job_id_once_labelled(control.id), 120, "the control flow's job ID")
+    checkpoints = f"jobs/{job_id}/checkpoints"
+    store = stack.store
+    emulator.wait_until(
+        lambda: any(key.endswith("/COMPLETE") for key in store.list(checkpoints)),
+        300,
+        "a complete checkpoint in the store",
+    )
+    (lost_pod,) = [pod for pod_id, pod in emulator.all_pods.items() if pod_id not in pods_before]
+
+    emulator.vanish(lost_pod.id)
+
+    final = stack.wait(control.id, timeout=600)
+    assert final.state.type == StateType.COMPLETED, final.state.message
+    assert stack.job_id_of(final) == job_id
+    record = stack.store.read_json(f"jobs/{job_id}/result.json")
+    assert record["details"]["resumed_from_step"] > 0
+    stages = sorted(stack.gpu_stage_runs(job_id), key=lambda run: run.created)
+    assert [run.state.type for run in stages] == [StateType.CRASHED, StateType.COMPLETED]
+    new_pods = [pod for pod_id, pod in emulator.all_pods.items() if pod_id not in pods_before]
+    assert len(new_pods) == 2  # the lost one and exactly one more
+    emulator.wait_until(lambda: emulator.pods() == [], 60, "no pod left")
+    assert "Recovering job" in stack.logs(control.id)
+
+
+def _job_id_once_labelled(control_run_id) -> str | None:
+    """The job ID the control flow labelled itself with (``ow-job:<id>``), once it has."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        tags = client.read_flow_run(control_run_id).tags
+    return next((tag.split(":", 1)[1] for tag in tags if tag.startswith("ow-job:")), None)

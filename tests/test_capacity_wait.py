@@ -35,6 +35,17 @@ def test_the_wait_began_at_the_first_awaiting_capacity_state_of_the_history():
     assert capacity_wait_started([("Scheduled", T0)]) is None
 
 
+def test_a_run_that_ran_and_came_back_starts_a_new_wait():
+    history = [
+        (AWAITING_CAPACITY, T0),
+        ("Running", T0 + minutes(30)),
+        ("Crashed", T0 + minutes(40)),
+        (AWAITING_CAPACITY, T0 + minutes(300)),
+    ]
+    assert capacity_wait_started(history) == T0 + minutes(300)
+    assert capacity_waits_so_far(history) == 1
+
+
 @pytest.mark.parametrize(
     ("case", "waited_min", "waits", "limit_min", "expected_delay_s"),
     [

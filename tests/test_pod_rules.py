@@ -251,7 +251,8 @@ RUNNING_TOO_LONG = RUNNING_POD.model_copy(update={"env": BOUNDS, "created_at": N
         (FAILED_POD, RUN_ID, True, None, False, False),  # Prefect did not answer: the age rules below apply
         (YOUNG_POD, RUN_ID, True, StateType.PENDING, False, False),
         (STARTING_TOO_LONG, RUN_ID, True, StateType.PENDING, True, True),
-        (STARTING_TOO_LONG, RUN_ID, True, None, True, False),  # bounds hold even when Prefect is away
+        (STARTING_TOO_LONG, RUN_ID, True, None, False, False),  # Prefect away: did it start? unknown
+        (RUNNING_TOO_LONG, RUN_ID, True, None, True, False),  # max_run_hours holds even when Prefect is away
         (STARTING_TOO_LONG, RUN_ID, True, StateType.SCHEDULED, True, False),
         (RUNNING_TOO_LONG, RUN_ID, True, StateType.RUNNING, True, True),  # max_run_hours from its age
     ],
@@ -259,12 +260,35 @@ RUNNING_TOO_LONG = RUNNING_POD.model_copy(update={"env": BOUNDS, "created_at": N
 def test_the_sweep_ends_pods_no_flow_run_needs_and_nothing_else(
     pod, flow_run_id, exists, state, terminate, crash
 ):
-    started = state is StateType.RUNNING
+    started = None if state is None else state is StateType.RUNNING
     decision = judge(
         pod, flow_run_id=flow_run_id, flow_run_exists=exists, state=state, flow_run_started=started, now=NOW
     )
     assert (decision is not None) is terminate
     assert bool(decision and decision.crash_message) is crash
+
+
+@pytest.mark.parametrize(
+    ("pod", "infrastructure_pid", "state", "terminate"),
+    [
+        (YOUNG_POD, "other", StateType.RUNNING, False),  # young: may be a new pod not yet recorded
+        (RUNNING_POD.model_copy(update={"created_at": NOW - dt.timedelta(minutes=5)}), "other", StateType.RUNNING, True),
+        (RUNNING_POD.model_copy(update={"created_at": NOW - dt.timedelta(minutes=5)}), "p", StateType.RUNNING, False),
+        (RUNNING_POD.model_copy(update={"created_at": NOW - dt.timedelta(minutes=5)}), "other", StateType.SCHEDULED, False),
+    ],
+)
+def test_the_sweep_ends_a_doubled_pod_of_a_run_that_runs_elsewhere(pod, infrastructure_pid, state, terminate):
+    decision = judge(
+        pod,
+        flow_run_id=RUN_ID,
+        flow_run_exists=True,
+        state=state,
+        flow_run_started=True,
+        infrastructure_pid=infrastructure_pid,
+        now=NOW,
+    )
+    assert (decision is not None) is terminate
+
 
 
 LAST_SEEN = Pod(id="abc", status="RUNNING", runtime_up=True, uptime_seconds=42)

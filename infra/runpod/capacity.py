@@ -34,15 +34,25 @@ BILLING_PAUSE_S = 5 * 60.0
 MAX_RETRY_GROWTH = 8
 
 
+def _current_waits(states: Iterable[tuple[str | None, dt.datetime | None]]) -> list[dt.datetime]:
+    """Times of the :data:`AWAITING_CAPACITY` states since the run last ran: a run that waited,
+    ran, and came back (a retry from the UI, a resumed run) starts a new wait."""
+    history = [(name, when) for name, when in states if when is not None]
+    last_ran = max((when for name, when in history if name == "Running"), default=None)
+    return [
+        when for name, when in history if name == AWAITING_CAPACITY and (last_ran is None or when > last_ran)
+    ]
+
+
 def capacity_wait_started(states: Iterable[tuple[str | None, dt.datetime | None]]) -> dt.datetime | None:
-    """When the run first waited for capacity: the earliest :data:`AWAITING_CAPACITY` state among
-    ``(state name, timestamp)`` pairs of its history, or None if it never waited."""
-    times = [when for name, when in states if name == AWAITING_CAPACITY and when is not None]
+    """When the run's current wait for capacity began, from ``(state name, timestamp)`` pairs of its
+    history; None if it is not waiting yet."""
+    times = _current_waits(states)
     return min(times) if times else None
 
 
 def capacity_waits_so_far(states: Iterable[tuple[str | None, dt.datetime | None]]) -> int:
-    return sum(1 for name, _ in states if name == AWAITING_CAPACITY)
+    return len(_current_waits(states))
 
 
 @dataclass(frozen=True)

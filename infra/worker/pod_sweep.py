@@ -36,6 +36,10 @@ from infra.worker.pod_spec import (
     launch_bound_seconds,
 )
 
+# A pod of a run whose infrastructure PID names another pod is a doubled create, once older than
+# this: a run's new pod is young until the worker records its id (seconds after the create).
+DOUBLED_POD_GRACE_S = 120.0
+
 
 @dataclass(frozen=True)
 class SweepDecision:
@@ -49,14 +53,16 @@ def judge(
     flow_run_id: uuid.UUID | None,
     flow_run_exists: bool,
     state: StateType | None,
-    flow_run_started: bool = False,
+    flow_run_started: bool | None = False,
+    infrastructure_pid: str | None = None,
     now: dt.datetime | None = None,
 ) -> SweepDecision | None:
     """Whether to terminate one of the pool's pods nobody in this worker watches; None: leave it.
 
-    ``state`` None with ``flow_run_exists`` means Prefect did not answer: the run-state rules never
-    terminate on a guess, but the launch-time bounds (pod age against the start timeout and
-    ``max_run_hours``) do not depend on Prefect and apply whatever the run's state.
+    ``state`` None with ``flow_run_exists`` (and ``flow_run_started`` None) means Prefect did not
+    answer: the run-state rules never terminate on a guess, and neither does the start timeout (which
+    needs to know whether the run started); ``max_run_hours`` depends on the pod's age alone and
+    applies whatever Prefect says.
     """
     if flow_run_id is None:
         return SweepDecision("it names no flow run")
@@ -65,6 +71,15 @@ def judge(
     phase = flow_run_phase(state)
     if phase is FlowRunPhase.FINISHED:
         return SweepDecision(f"flow run {flow_run_id} is already {state.value if state else 'final'}")
+    age = pod.age_seconds(now or dt.datetime.now(dt.UTC))
+    if (
+        infrastructure_pid
+        and infrastructure_pid != pod.id
+        and phase is not FlowRunPhase.WAITING
+        and age is not None
+        and age > DOUBLED_POD_GRACE_S
+    ):
+        return SweepDecision(f"flow run {flow_run_id} runs in pod {infrastructure_pid}; this one is a double")
     overrun = _overran_launch_bounds(pod, flow_run_started=flow_run_started, now=now)
     if overrun is not None:
         crash = None
@@ -95,7 +110,7 @@ def judge(
     return None
 
 
-def _overran_launch_bounds(pod: Pod, *, flow_run_started: bool, now: dt.datetime | None) -> str | None:
+def _overran_launch_bounds(pod: Pod, *, flow_run_started: bool | None, now: dt.datetime | None) -> str | None:
     """What bound the pod overran ("never started its flow run within 1800 s"), or None."""
     age = pod.age_seconds(now or dt.datetime.now(dt.UTC))
     if age is None:
@@ -104,7 +119,7 @@ def _overran_launch_bounds(pod: Pod, *, flow_run_started: bool, now: dt.datetime
     if max_run is not None and age > max_run:
         return f"ran past max_run_hours={max_run / 3600:g} ({age / 3600:.2f} h since launch)"
     start_timeout = launch_bound_seconds(pod, START_TIMEOUT_ENV)
-    if start_timeout is not None and not flow_run_started and age > start_timeout:
+    if start_timeout is not None and flow_run_started is False and age > start_timeout:
         return f"did not start its flow run within pod_start_timeout_seconds={start_timeout:g} ({age:.0f} s since launch)"
     return None
 
@@ -124,18 +139,24 @@ async def sweep_orphaned_pods(
         if pod.id in watched_pod_ids or not belongs_to_pool(pod, work_pool_name):
             continue
         flow_run_id = flow_run_id_of(pod)
-        exists, state, started = True, None, False
+        exists, state, started, infrastructure_pid = True, None, None, None
         if flow_run_id is not None:
             try:
                 flow_run = await prefect_client.read_flow_run(flow_run_id)
                 state = flow_run.state.type if flow_run.state else None
                 started = flow_run.start_time is not None
+                infrastructure_pid = flow_run.infrastructure_pid
             except ObjectNotFound:
                 exists = False
-            except Exception as exc:  # noqa: BLE001 - Prefect unreachable: only the launch bounds apply
+            except Exception as exc:  # noqa: BLE001 - Prefect unreachable: only max_run_hours applies
                 logger.debug("Sweep: cannot read flow run %s (%s)", flow_run_id, exc)
         decision = judge(
-            pod, flow_run_id=flow_run_id, flow_run_exists=exists, state=state, flow_run_started=started
+            pod,
+            flow_run_id=flow_run_id,
+            flow_run_exists=exists,
+            state=state,
+            flow_run_started=started,
+            infrastructure_pid=infrastructure_pid,
         )
         if decision is None:
             continue
@@ -152,5 +173,7 @@ async def sweep_orphaned_pods(
                 )
             except (Abort, ObjectNotFound):
                 pass
+            except Exception as exc:  # noqa: BLE001 - the pod is gone; the rest of the sweep goes on
+                logger.warning("Could not mark flow run %s Crashed: %s", flow_run_id, exc)
         swept.append((pod, decision))
     return swept

@@ -53,7 +53,7 @@ from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
 from prefect.client.schemas.objects import StateType
 from prefect.events import emit_event
 from prefect.exceptions import Abort, InfrastructureNotFound, ObjectNotFound
-from prefect.states import Scheduled
+from prefect.states import Crashed, Scheduled
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import Field
@@ -472,7 +472,7 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         pod_list = self._pod_lists.setdefault(id(client), PodListCache(client))
         try:
             pod = await anyio.to_thread.run_sync(pod_list.get_pod, watch.pod_id, poll_interval * 0.9)
-        except RunPodApiError as exc:
+        except Exception as exc:  # noqa: BLE001 - an API error or a malformed answer: look again next poll
             logger.warning("Cannot read pod %s from RunPod (%s); will look again", watch.pod_id, exc)
             watch.observe(None, PodPhase.UNKNOWN)
             return
@@ -495,10 +495,32 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         )
 
     async def _keep_cancelled(self, flow_run_id: UUID, message: str) -> None:
-        """Mark a Cancelling run Cancelled, or a cancelled run its dying engine marked Crashed."""
+        """Mark a Cancelling run Cancelled, or a cancelled run its dying engine marked Crashed. Never
+        raises: the pod must be terminated whatever Prefect answers."""
         current = await self._observe_flow_run(flow_run_id)
         if current.flow_run is not None and current.state_type in (StateType.CANCELLING, StateType.CRASHED):
-            await self._mark_flow_run_as_cancelled(current.flow_run, state_updates={"message": message})
+            try:
+                await self._mark_flow_run_as_cancelled(current.flow_run, state_updates={"message": message})
+            except Exception as exc:  # noqa: BLE001 - retried at the next settle check
+                self._logger.warning("Could not mark flow run %s Cancelled (%s)", flow_run_id, exc)
+
+    async def _insist_on_crash(self, flow_run_id: UUID, message: str) -> None:
+        """Keep the worker's Crashed message (why the run ended: max_run_hours, the TTL, a lost pod)
+        over the one an engine killed by SIGTERM forces ("aborted by a termination signal"): the
+        control tier decides from it whether to recover the job. A real outcome (Completed, Failed,
+        Cancelled) is left alone."""
+        with anyio.move_on_after(FINAL_STATE_SETTLE_SECONDS):
+            while True:
+                current = await self._observe_flow_run(flow_run_id)
+                state = current.flow_run.state if current.flow_run is not None else None
+                if state is not None and state.is_final() and state.type is not StateType.CRASHED:
+                    return
+                if state is None or state.type is not StateType.CRASHED or state.message != message:
+                    try:
+                        await self.client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+                    except Exception as exc:  # noqa: BLE001 - tried again within the window
+                        self._logger.warning("Could not mark flow run %s Crashed (%s)", flow_run_id, exc)
+                await anyio.sleep(1.0)
 
     async def _await_pod_end(
         self, client: RunPodClient, watch: PodWatch, seconds: float, poll: float
@@ -508,7 +530,7 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             while True:
                 try:
                     pod = await anyio.to_thread.run_sync(client.get_pod, watch.pod_id)
-                except RunPodApiError:
+                except Exception:  # noqa: BLE001 - unreadable now: not gone, as far as we know
                     pod = watch.last_seen
                 if pod_phase(pod) is PodPhase.GONE:
                     return True
@@ -579,12 +601,20 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
                     "Could not terminate pod %s (%s); the worker's orphan sweep will retry", pod_id, exc
                 )
         if verdict is Verdict.FLOW_RUN_FINISHED and final_state is not None and final_state.is_final():
-            await self._keep_final_state(flow_run.id, final_state, logger)
+            if final_state.type is StateType.CRASHED and seconds_since_launch >= configuration.ttl_hours * 3600:
+                # The pod's TTL watchdog ended it; its engine forced a bare Crashed. Say why.
+                await self._insist_on_crash(
+                    flow_run.id,
+                    f"RunPod pod {pod_id} reached its TTL of {configuration.ttl_hours:g} h (ttl_hours) and "
+                    f"terminated itself; the flow run was cut off ({final_state.message or 'no message'}).",
+                )
+            else:
+                await self._keep_final_state(flow_run.id, final_state, logger)
         if verdict is Verdict.CANCEL:
             logger.info("Flow run cancelled; RunPod pod %s terminated", pod_id)
             with anyio.move_on_after(CANCEL_SETTLE_SECONDS):
                 while True:
-                    await anyio.sleep(configuration.poll_interval_seconds)
+                    await anyio.sleep(min(configuration.poll_interval_seconds, 1.0))
                     await self._keep_cancelled(flow_run.id, cancelled_message)
         if not verdict.crashes_run:
             return RunPodWorkerResult(identifier=pod_id, status_code=0)
@@ -597,6 +627,7 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             start_timeout_seconds=configuration.pod_start_timeout_seconds,
         )
         await self._propose_crashed_state(flow_run, message)
+        await self._insist_on_crash(flow_run.id, message)
         return RunPodWorkerResult(identifier=pod_id, status_code=1)
 
     # -- orphan sweep --------------------------------------------------------------------------------

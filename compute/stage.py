@@ -54,3 +54,6 @@ class StageResult:
     outputs: dict[str, str]  # name → URI of each output in the store
     metrics: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    # Store prefixes that only matter until the result record exists (a training job's checkpoints):
+    # the GPU stage deletes them after writing result.json, so a crash before that resumes from them.
+    disposable_prefixes: list[str] = field(default_factory=list)

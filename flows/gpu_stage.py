@@ -81,6 +81,8 @@ def gpu_stage(job_type: str, job_id: str, params: dict[str, Any], store_block: s
         completed_at=time.time(),
     )
     store.write_json(result_key(job_id), record.model_dump(mode="json"))
+    for prefix in result.disposable_prefixes:  # only now: a crash before the record resumes from them
+        store.delete(prefix)
     reporter.finish(summary_markdown(record), links=result.outputs)
     emit_job_event("completed", job_id, job_type, {"outputs": result.outputs, "metrics": result.metrics})
     shutil.rmtree(work_dir, ignore_errors=True)

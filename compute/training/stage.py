@@ -22,8 +22,6 @@ def run_finetune_stage(config: TrainingConfig, context: StageContext) -> StageRe
         sampling_paths=[context.local_file(callback.dataset) for callback in config.sampling_callbacks or []],
     )
     result = run_finetune(config, inputs)
-    # Checkpoints exist to survive a lost pod; once the final adapter is stored they are dead weight.
-    context.store.delete(f"{context.job_prefix}/checkpoints")
     return StageResult(
         outputs=result.outputs,
         metrics=result.metrics,
@@ -33,4 +31,6 @@ def run_finetune_stage(config: TrainingConfig, context: StageContext) -> StageRe
             "finetuned_model_id": inputs.output_model_name,
             "metrics_history": result.history,
         },
+        # Checkpoints exist to survive a lost pod; once result.json is written they are dead weight.
+        disposable_prefixes=[f"{context.job_prefix}/checkpoints"],
     )

@@ -217,3 +217,22 @@ def test_the_pod_examples_in_runpods_schema_read_as_our_pods():
     assert pod.id == example["id"] and pod.status.value == example["status"]
     assert (pod.gpu_type_id, pod.gpu_count) == (example["gpu"]["id"], example["gpu"]["count"])
     assert pod.env == example["env"] and pod.created_at is not None
+
+
+def test_a_validation_error_about_the_env_never_echoes_its_value():
+    import httpx
+
+    from infra.runpod.api import problem_detail
+
+    response = httpx.Response(
+        422,
+        json={
+            "title": "Unprocessable Entity",
+            "status": 422,
+            "detail": "Request validation failed.",
+            "errors": ["$.env.PREFECT_API_KEY: 'pnu_secret' is too long", "$: additional properties 'bogus' not allowed"],
+        },
+    )
+    detail = problem_detail(response)
+    assert "pnu_secret" not in detail
+    assert "$.env.PREFECT_API_KEY" in detail and "'bogus' not allowed" in detail

@@ -171,13 +171,20 @@ def problem_detail(response: httpx.Response) -> str:
         detail = str(payload.get("detail") or payload.get("title") or "")
         errors = payload.get("errors")
         if isinstance(errors, list) and errors:
-            detail += " (" + "; ".join(str(error) for error in errors[:5]) + ")"
+            detail += " (" + "; ".join(_without_env_values(str(error)) for error in errors[:5]) + ")"
         if detail:
             return detail
     text = response.text.strip()
     if response.headers.get("content-type", "").startswith("text/html") or not text:
         return response.reason_phrase or "no details"
     return text[:200]
+
+
+def _without_env_values(error: str) -> str:
+    """A validation error about the pod's env names the variable but never shows its value: env holds
+    Prefect's API key, and these messages reach logs and the run's state."""
+    path, _, _ = error.partition(":")
+    return f"{path}: (invalid; value withheld)" if ".env" in path else error
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

@@ -22,16 +22,13 @@ from tests.fixtures.runpod import (
     delete_runpod_pool,
     deploy_to_pool,
     make_emulator,
+    pods_of,
     start_worker_process,
     submit,
     wait_for_flow_run,
 )
 
 SWEEP_S = 2  # OW_RUNPOD_SWEEP_INTERVAL_SECONDS of the test workers
-
-
-def pods_of(emulator, flow_run_id):
-    return [p for p in emulator.all_pods.values() if p.name.endswith(str(flow_run_id))]
 
 
 @pytest.mark.parametrize("runpod_emulator", [{"boot_delay_s": 5}], indirect=True)  # STARTING, then ERROR

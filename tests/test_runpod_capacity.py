@@ -10,13 +10,9 @@ from prefect.client.orchestration import get_client
 
 from infra.runpod.capacity import AWAITING_CAPACITY
 from tests import runpod_flows
-from tests.fixtures.runpod import deploy_to_pool, log_messages, submit, wait_for_flow_run
+from tests.fixtures.runpod import deploy_to_pool, pods_of, submit, wait_for_flow_run, wait_for_log
 
 A100_IDS = {"NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"}
-
-
-def pods_of(emulator, flow_run_id):
-    return [p for p in emulator.all_pods.values() if p.name.endswith(str(flow_run_id))]
 
 
 def state_history(flow_run_id):
@@ -30,15 +26,6 @@ def creates(emulator) -> int:
 
 def awaiting_capacity(flow_run) -> bool:
     return flow_run.state is not None and flow_run.state.name == AWAITING_CAPACITY
-
-
-def wait_for_log(flow_run_id, text: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(text in message for message in log_messages(flow_run_id)):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"no log line with {text!r} for flow run {flow_run_id}")
 
 
 def test_types_out_of_stock_are_not_tried_and_the_cheapest_in_stock_one_is_used(reset_runpod_stack):

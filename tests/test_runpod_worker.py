@@ -13,7 +13,14 @@ import time
 import pytest
 
 from tests import runpod_flows
-from tests.fixtures.runpod import deploy_to_pool, log_messages, submit, wait_for_flow_run
+from tests.fixtures.runpod import (
+    deploy_to_pool,
+    log_messages,
+    pods_of,
+    submit,
+    wait_for_flow_run,
+    wait_for_log,
+)
 
 
 def is_running(flow_run) -> bool:
@@ -22,18 +29,8 @@ def is_running(flow_run) -> bool:
 
 def pod_of(emulator, flow_run_id):
     """The one pod ever made for the flow run."""
-    (pod,) = [p for p in emulator.all_pods.values() if p.name.endswith(str(flow_run_id))]
+    (pod,) = pods_of(emulator, flow_run_id)
     return pod
-
-
-def wait_for_log(flow_run_id, text: str, timeout: float = 30) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        messages = log_messages(flow_run_id)
-        if any(text in message for message in messages):
-            return messages
-        time.sleep(0.5)
-    raise AssertionError(f"no log line with {text!r} for flow run {flow_run_id}")
 
 
 def test_a_deployment_on_a_runpod_pool_runs_to_completed_inside_an_emulated_pod(

@@ -25,7 +25,7 @@ ConcreteCloud = Literal["SECURE", "COMMUNITY"]
 
 # When a pool accepts any cloud, each GPU type becomes one candidate per cloud: the clouds have
 # different prices and separate capacity, so "no capacity" in one is worth retrying in the other.
-_CLOUDS_FOR: dict[str, tuple[ConcreteCloud, ...]] = {
+CLOUDS_FOR: dict[str, tuple[ConcreteCloud, ...]] = {
     "SECURE": ("SECURE",),
     "COMMUNITY": ("COMMUNITY",),
     "ALL": ("SECURE", "COMMUNITY"),
@@ -215,7 +215,7 @@ def plan_gpu_candidates(
         if info.max_gpu_count is not None and gpu_count > info.max_gpu_count:
             rejected.append((gpu_type_id, f"at most {info.max_gpu_count} per pod, {gpu_count} requested"))
             continue
-        clouds = [cloud for cloud in _CLOUDS_FOR[cloud_type] if info.offered_in(cloud)]
+        clouds = [cloud for cloud in CLOUDS_FOR[cloud_type] if info.offered_in(cloud)]
         if not clouds:
             rejected.append((gpu_type_id, f"not offered in cloud_type {cloud_type}"))
             continue

@@ -22,6 +22,7 @@ from infra.runpod.api import (
     RunPodTransientError,
 )
 from infra.runpod.gpu_choice import (
+    CLOUDS_FOR,
     CloudType,
     GpuCandidate,
     GpuPlan,
@@ -34,11 +35,6 @@ from infra.runpod.models import Pod, PodSpec
 
 logger = logging.getLogger(__name__)
 
-_CLOUDS: dict[str, tuple[str, ...]] = {
-    "SECURE": ("SECURE",),
-    "COMMUNITY": ("COMMUNITY",),
-    "ALL": ("SECURE", "COMMUNITY"),
-}
 
 
 class NoGpuAvailable(RuntimeError):
@@ -94,7 +90,7 @@ class GpuCatalogue:
     def lookup(self, client: RunPodClient, gpu_count: int, cloud_type: CloudType) -> dict[str, GpuTypeInfo]:
         """Every GPU type RunPod knows, with stock for ``gpu_count`` GPUs in each cloud of ``cloud_type``."""
         merged: dict[str, GpuTypeInfo] = {}
-        for cloud in _CLOUDS[cloud_type]:
+        for cloud in CLOUDS_FOR[cloud_type]:
             key = (client.api_base_url, gpu_count, cloud)
             with self._lock:
                 cached = self._entries.get(key)

@@ -80,7 +80,7 @@ def judge(
         and age > DOUBLED_POD_GRACE_S
     ):
         return SweepDecision(f"flow run {flow_run_id} runs in pod {infrastructure_pid}; this one is a double")
-    overrun = _overran_launch_bounds(pod, flow_run_started=flow_run_started, now=now)
+    overrun = _overran_launch_bounds(pod, age, flow_run_started=flow_run_started)
     if overrun is not None:
         crash = None
         if phase in (FlowRunPhase.ACTIVE, FlowRunPhase.CANCELLING):
@@ -110,9 +110,8 @@ def judge(
     return None
 
 
-def _overran_launch_bounds(pod: Pod, *, flow_run_started: bool | None, now: dt.datetime | None) -> str | None:
-    """What bound the pod overran ("never started its flow run within 1800 s"), or None."""
-    age = pod.age_seconds(now or dt.datetime.now(dt.UTC))
+def _overran_launch_bounds(pod: Pod, age: float | None, *, flow_run_started: bool | None) -> str | None:
+    """What bound the pod (``age`` seconds old) overran, or None."""
     if age is None:
         return None
     max_run = launch_bound_seconds(pod, MAX_RUN_HOURS_ENV)

@@ -192,7 +192,7 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         self._launch_gate = LaunchGate()
         self._watched_pod_ids: set[str] = set()
         self._clients: dict[str, RunPodClient] = {}
-        self._pod_lists: dict[int, PodListCache] = {}
+        self._pod_lists: dict[RunPodClient, PodListCache] = {}  # one per client, so per account
         self._sweep_scope: anyio.CancelScope | None = None
 
     async def setup(self) -> None:
@@ -285,6 +285,7 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         ).hexdigest()
         if fingerprint not in self._clients:
             self._clients[fingerprint] = RunPodClient.from_credentials(credentials)
+            self._pod_lists[self._clients[fingerprint]] = PodListCache(self._clients[fingerprint])
         return self._clients[fingerprint]
 
     async def _launch_pod(
@@ -469,7 +470,7 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
     ) -> None:
         # One list of the account's pods serves every run polling within the same interval: RunPod's
         # rate limit is per account and per minute, not per pod.
-        pod_list = self._pod_lists.setdefault(id(client), PodListCache(client))
+        pod_list = self._pod_lists[client]
         try:
             pod = await anyio.to_thread.run_sync(pod_list.get_pod, watch.pod_id, poll_interval * 0.9)
         except Exception as exc:  # noqa: BLE001 - an API error or a malformed answer: look again next poll

@@ -21,6 +21,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 
 from client import runs
 from jobs.registry import get_job_spec, job_types
+from jobs.tags import submission_tags
 from jobs.validation import check_inputs, validate_params
 from store.artifact_store import ArtifactStore
 
@@ -160,7 +161,7 @@ class Jobs:
         flow_run = runs.submit(
             spec.control_deployment(config),
             config.model_dump(mode="json", exclude_unset=True),
-            tags=[f"{runs.JOB_TAG}{job_id}", f"{runs.TYPE_TAG}{job_type}"],
+            tags=submission_tags(job_id, job_type),
         )
         job.flow_runs = [flow_run, *job.flow_runs]
         job.status = PENDING

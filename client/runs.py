@@ -28,17 +28,17 @@ from prefect.client.schemas.objects import FlowRun, TaskRun
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.states import Cancelling
 
-JOB_TAG = "ow-job:"
-TYPE_TAG = "ow-type:"
+from jobs.tags import JOB_TAG_PREFIX, TYPE_TAG_PREFIX, job_tag, job_type_tag, tag_value
+
 GPU_STAGE_FLOW = "gpu-stage"
 
 
 def job_id_of(flow_run: FlowRun) -> str | None:
-    return next((tag[len(JOB_TAG) :] for tag in flow_run.tags if tag.startswith(JOB_TAG)), None)
+    return tag_value(flow_run.tags, JOB_TAG_PREFIX)
 
 
 def job_type_of(flow_run: FlowRun) -> str | None:
-    return next((tag[len(TYPE_TAG) :] for tag in flow_run.tags if tag.startswith(TYPE_TAG)), None)
+    return tag_value(flow_run.tags, TYPE_TAG_PREFIX)
 
 
 def submit(deployment: str, parameters: dict[str, Any], tags: Iterable[str] = ()) -> FlowRun:
@@ -103,9 +103,9 @@ LOG_BATCH_SECONDS = 2.0
 def job_runs(job_id: str | None = None, job_type: str | None = None, limit: int = 200, gpu_stage: bool | None = None) -> list[FlowRun]:
     """Flow runs of jobs, newest first; ``gpu_stage`` True/False selects GPU stages or control flows."""
     # Every run of our deployments carries the deployments' "ow" tag; a job's runs also its job tag.
-    tags = [f"{JOB_TAG}{job_id}"] if job_id else ["ow"]
+    tags = [job_tag(job_id)] if job_id else ["ow"]
     if job_type:
-        tags.append(f"{TYPE_TAG}{job_type}")
+        tags.append(job_type_tag(job_type))
     flow_filter = FlowFilter(name=FlowFilterName(any_=[GPU_STAGE_FLOW])) if gpu_stage is True else None
     found: list[FlowRun] = []
     with get_client(sync_client=True) as client:

@@ -29,10 +29,9 @@ from flows.gpu_stage import summary_markdown
 from jobs.hardware import describe_hardware_request, gpu_stage_job_variables
 from jobs.records import JobRecord
 from jobs.registry import get_job_spec
+from jobs.tags import job_tag, job_type_tag
 from tasks.job_control import (
     identify_job,
-    job_tag,
-    job_type_tag,
     launch_gpu_stage,
     launch_service_stage,
     recovery_options,

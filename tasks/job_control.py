@@ -45,6 +45,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from blocks.storage import load_artifact_store, store_block_name
 from jobs.records import result_key
 from jobs.registry import get_job_spec
+from jobs.tags import deployment_tag, inherited_tags, job_tag, job_type_tag
 from jobs.validation import check_inputs, validate_params
 
 FAILED_STATES = [StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
@@ -105,14 +106,6 @@ def recovery_options() -> dict[str, Any]:
     }
 
 
-def job_tag(job_id: str) -> str:
-    return f"ow-job:{job_id}"
-
-
-def job_type_tag(job_type: str) -> str:
-    return f"ow-type:{job_type}"
-
-
 def gpu_deployment_name(job_type: str) -> str:
     return f"gpu-stage/{job_type}"
 
@@ -168,7 +161,7 @@ def run_gpu_stage(job_id: str, job_type: str, params: dict[str, Any], job_variab
         # One GPU run per (job, store, attempt): identical concurrent submissions share it.
         idempotency_key=f"{job_id}:{store_block}:{attempt}",
         job_variables=job_variables,
-        tags=[job_tag(job_id), job_type_tag(job_type)],
+        tags=_stage_tags(job_id, job_type),
         timeout=0,
     )
     try:
@@ -185,6 +178,17 @@ def run_gpu_stage(job_id: str, job_type: str, params: dict[str, Any], job_variab
         error.job_id, error.job_type = job_id, job_type
         raise error
     return load_artifact_store().read_json(result_key(job_id))
+
+
+def _stage_tags(job_id: str, job_type: str) -> list[str]:
+    """The GPU stage's tags: the job's, the deployment it came through and who submitted it (the
+    worker copies them into each pod's cost record)."""
+    from prefect.runtime import deployment, flow_run
+
+    tags = [job_tag(job_id), job_type_tag(job_type), *inherited_tags(flow_run.get_tags() or [])]
+    if deployment.get_id():
+        tags.append(deployment_tag(f"{flow_run.get_flow_name()}/{deployment.get_name()}"))
+    return tags
 
 
 def _announce_recovery(job_id: str, job_type: str) -> None:

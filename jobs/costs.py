@@ -1,0 +1,130 @@
+"""What a job cost: one charge per pod, summed per job, grouped for reports. Pure: no Prefect, no I/O.
+
+The RunPod worker writes one :class:`PodCharge` per pod it launched, once the pod is gone (price at
+launch × seconds from create to terminate, and RunPod's own billed figure where its billing endpoint
+answers). The control tier sums the charges of every GPU-stage attempt of a job into a
+:class:`JobCost` (recoveries included) and stores it in the job's result record. ``ow costs`` groups
+charges by day, deployment, job type, model or submitter. Where the ledger lives (a Prefect artifact
+per pod) is :mod:`tasks.cost_ledger`'s business, not this module's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+GroupBy = Literal["day", "deployment", "job_type", "model", "submitter", "job"]
+GROUP_BY_CHOICES: tuple[str, ...] = ("day", "deployment", "job_type", "model", "submitter", "job")
+
+
+class PodCharge(BaseModel):
+    """The cost of one pod: what the worker measured, and what RunPod billed if it said."""
+
+    pod_id: str
+    flow_run_id: str = Field(description="The GPU-stage flow run the pod ran.")
+    job_id: str | None = None
+    job_type: str | None = None
+    deployment: str | None = Field(None, description="The deployment the job was submitted through.")
+    model: str | None = None
+    submitter: str | None = None
+    work_pool: str | None = None
+    gpu_type_id: str | None = None
+    gpu_count: int = 1
+    cloud: str | None = None
+    price_per_hour: float | None = Field(None, description="USD per hour for the whole pod, at launch.")
+    created_at: float = Field(description="Unix time the pod was created.")
+    ended_at: float = Field(description="Unix time the pod was seen gone (or terminated).")
+    billed_usd: float | None = Field(None, description="RunPod's billed total for the pod, when it answered.")
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.ended_at - self.created_at)
+
+    @property
+    def measured_usd(self) -> float | None:
+        """Price at launch × seconds alive; None when the price was unknown."""
+        return None if self.price_per_hour is None else self.price_per_hour * self.seconds / 3600
+
+    @property
+    def usd(self) -> float:
+        """The figure reports use: RunPod's bill when it gave one, else our measurement, else 0."""
+        if self.billed_usd is not None:
+            return self.billed_usd
+        return self.measured_usd or 0.0
+
+
+class JobCost(BaseModel):
+    """A job's cost over all its GPU-stage attempts; stored as ``cost`` in its result record."""
+
+    usd: float = 0.0
+    billed: bool = Field(False, description="True when the job ran on billed pods (not the local default).")
+    pods: list[PodCharge] = Field(default_factory=list)
+    note: str = ""
+
+    @property
+    def gpu_seconds(self) -> float:
+        return sum(charge.seconds * charge.gpu_count for charge in self.pods)
+
+
+LOCAL_NOTE = "ran on the local process pool: no GPU was rented, so there is no cost"
+
+
+def local_cost() -> JobCost:
+    """The cost of a job on the embedded default: zero, and said so (no invented figures)."""
+    return JobCost(usd=0.0, billed=False, note=LOCAL_NOTE)
+
+
+def job_cost(charges: Iterable[PodCharge], *, missing: int = 0) -> JobCost:
+    """Sum the charges of one job's pods. ``missing`` counts pods whose charge never arrived."""
+    pods = sorted(charges, key=lambda charge: charge.created_at)
+    usd = round(sum(charge.usd for charge in pods), 6)
+    unpriced = [charge.pod_id for charge in pods if charge.billed_usd is None and charge.price_per_hour is None]
+    notes = []
+    if unpriced:
+        notes.append(f"no price known for pod(s) {', '.join(unpriced)}: counted as $0")
+    if missing:
+        notes.append(f"{missing} pod(s) not yet accounted for")
+    return JobCost(usd=usd, billed=True, pods=pods, note="; ".join(notes))
+
+
+def group_key(charge: PodCharge, by: GroupBy) -> str:
+    """The group a charge falls in for a report grouped ``by``."""
+    if by == "day":
+        return dt.datetime.fromtimestamp(charge.created_at, dt.UTC).date().isoformat()
+    value = {
+        "deployment": charge.deployment,
+        "job_type": charge.job_type,
+        "model": charge.model,
+        "submitter": charge.submitter,
+        "job": charge.job_id,
+    }[by]
+    return value or "-"
+
+
+class CostRow(BaseModel):
+    group: str
+    usd: float
+    pods: int
+    jobs: int
+    gpu_hours: float
+
+
+def cost_report(charges: Iterable[PodCharge], by: GroupBy) -> list[CostRow]:
+    """Spend grouped ``by`` one dimension, biggest first (ties by name)."""
+    groups: dict[str, list[PodCharge]] = {}
+    for charge in charges:
+        groups.setdefault(group_key(charge, by), []).append(charge)
+    rows = [
+        CostRow(
+            group=name,
+            usd=round(sum(charge.usd for charge in members), 6),
+            pods=len(members),
+            jobs=len({charge.job_id for charge in members if charge.job_id}),
+            gpu_hours=round(sum(charge.seconds * charge.gpu_count for charge in members) / 3600, 6),
+        )
+        for name, members in groups.items()
+    ]
+    return sorted(rows, key=lambda row: (-row.usd, row.group))

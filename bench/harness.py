@@ -124,9 +124,11 @@ def sft_flow_params(model_dir, file_id: str, settings: dict) -> dict:
 
 def job_record(run) -> dict:
     from blocks.storage import load_artifact_store
+    from client.runs import job_id_of
+    from jobs.records import result_key
 
-    job_id = next(tag.split(":", 1)[1] for tag in run.tags if tag.startswith("ow-job:"))
-    return load_artifact_store().read_json(f"jobs/{job_id}/result.json")
+    job_id = job_id_of(run)
+    return load_artifact_store().read_json(result_key(job_id))
 
 
 def alternate_sft_rounds(model_dir, data, settings: dict, rounds: int) -> list[tuple[dict, float, dict]]:

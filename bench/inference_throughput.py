@@ -18,8 +18,10 @@ from harness import HOME, ROOT, embedded_stack, log, median, submit_and_wait
 
 def main(prompts: int = 256, max_tokens: int = 48, rounds: int = 5) -> None:
     from blocks.storage import load_artifact_store
+    from client.runs import job_id_of
     from compute.sample_datasets import conversations_rows, write_jsonl
     from compute.tiny_model import build_tiny_model
+    from jobs.records import result_key
     from store.files import upload_file
 
     model_dir = build_tiny_model(HOME / "models" / "bench-llama", hidden_size=256, num_layers=4)
@@ -45,8 +47,8 @@ def main(prompts: int = 256, max_tokens: int = 48, rounds: int = 5) -> None:
             }
             run, _ = submit_and_wait("inference/batch", params)
             assert run.state.is_completed(), run.state.message
-            job_id = next(tag.split(":", 1)[1] for tag in run.tags if tag.startswith("ow-job:"))
-            metrics = load_artifact_store().read_json(f"jobs/{job_id}/result.json")["metrics"]
+            job_id = job_id_of(run)
+            metrics = load_artifact_store().read_json(result_key(job_id))["metrics"]
             ours_rates.append(metrics["generated_tokens"] / metrics["generation_seconds"])
             log(f"inference/batch: {metrics['generated_tokens']} tokens in {metrics['generation_seconds']:.1f} s")
     ours, baseline_rate = median(ours_rates), median(baseline_rates)

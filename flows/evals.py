@@ -22,6 +22,7 @@ from prefect.variables import Variable
 
 from client import runs
 from flows.job_flow import job_flow
+from jobs.records import result_key
 from jobs.sweeps import SweepConfig, SweepEval, evaluation_jobs
 
 eval_inspect = job_flow("eval-inspect", "eval", module=__name__)
@@ -53,7 +54,7 @@ def eval_sweep(
     planned = evaluation_jobs(config, store)
     submitted = {}
     for job in planned:
-        if store.exists(f"jobs/{job.job_id}/result.json"):
+        if store.exists(result_key(job.job_id)):
             logger.info("%s on %s: stored result %s reused", job.eval.name, ", ".join(job.models), job.job_id)
         else:
             submitted[job.job_id] = runs.submit(job.deployment, job.parameters, tags=[f"ow-sweep:{sweep_name}"])
@@ -78,7 +79,7 @@ def comparison_table(config: SweepConfig, planned, store) -> list[dict[str, Any]
     """One row per model, one column per evaluation (the model's primary score there)."""
     scores: dict[tuple[str, str], float | None] = {}
     for job in planned:
-        key = f"jobs/{job.job_id}/result.json"
+        key = result_key(job.job_id)
         record_scores = store.read_json(key)["metrics"].get("scores", {}) if store.exists(key) else {}
         for model, served_name in job.served_names.items():
             scores[(model, job.eval.name)] = record_scores.get(served_name)

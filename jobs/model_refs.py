@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from jobs.records import result_key
 from store.artifact_store import ArtifactStore
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?$")
@@ -87,7 +88,7 @@ def check_model_ref(value: str, store: ArtifactStore) -> str:
         return f"local:{directory_fingerprint(path)}"
     if ref.kind == "job":
         job_id = ref.value
-        if not store.exists(f"jobs/{job_id}/result.json"):
+        if not store.exists(result_key(job_id)):
             raise ModelNotFoundError(f"no completed fine-tuning job {job_id} in the artifact store")
         return f"job:{job_id}"
     if ref.kind == "artifact":
@@ -149,7 +150,7 @@ def read_model_config(value: str, store: ArtifactStore) -> dict | None:
             base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
             return read_model_config(base, store) if base else None
         if ref.kind == "job":
-            record = store.read_json(f"jobs/{ref.value}/result.json")
+            record = store.read_json(result_key(ref.value))
             return read_model_config(record["base_model"], store)
         if ref.kind == "artifact":
             key = store.key_from_uri(ref.value)
@@ -173,7 +174,7 @@ def adapter_base(value: str, store: ArtifactStore) -> str | None:
     """
     ref = parse_model_ref(value, store)
     if ref.kind == "job":
-        record = store.read_json(f"jobs/{ref.value}/result.json")
+        record = store.read_json(result_key(ref.value))
         return record.get("base_model") if "adapter" in record.get("outputs", {}) else None
     if ref.kind == "local":
         config = Path(ref.value) / "adapter_config.json"
@@ -207,7 +208,7 @@ def resolve_model(value: str, store: ArtifactStore, cache_dir: Path) -> Resolved
         local = _download_once(store, key, cache_dir)
         return _resolve_directory(local, ref.value, store, cache_dir)
     # A fine-tuning job: prefer its merged weights (a plain model); else its base plus its adapter.
-    record = store.read_json(f"jobs/{ref.value}/result.json")
+    record = store.read_json(result_key(ref.value))
     outputs = record.get("outputs", {})
     if outputs.get("merged"):
         local = _download_once(store, store.key_from_uri(outputs["merged"]), cache_dir)
@@ -226,7 +227,7 @@ def resolve_adapter(value: str, store: ArtifactStore, cache_dir: Path) -> str:
     adapter directory), for serving it on top of its base model."""
     ref = parse_model_ref(value, store)
     if ref.kind == "job":
-        outputs = store.read_json(f"jobs/{ref.value}/result.json").get("outputs", {})
+        outputs = store.read_json(result_key(ref.value)).get("outputs", {})
         if "adapter" not in outputs:
             raise ModelNotFoundError(f"job {ref.value} produced no LoRA adapter (it trained all weights)")
         return str(_download_once(store, store.key_from_uri(outputs["adapter"]), cache_dir))

@@ -65,7 +65,9 @@ def flow_run_by_name(name: str):
 
 
 def job_id_of(run) -> str:
-    return next(tag.split(":", 1)[1] for tag in run.tags if tag.startswith("ow-job:"))
+    from client.runs import job_id_of as tagged_job_id
+
+    return tagged_job_id(run)
 
 
 def gpu_stage_runs(job_id: str) -> int:
@@ -117,8 +119,9 @@ def main() -> int:
     job_id = job_id_of(first_run)
 
     from blocks.storage import load_artifact_store
+    from jobs.records import result_key
 
-    record = load_artifact_store().read_json(f"jobs/{job_id}/result.json")
+    record = load_artifact_store().read_json(result_key(job_id))
     history = [entry for entry in record["details"].get("metrics_history", []) if "loss" in entry]
 
     step("Result")

@@ -37,7 +37,8 @@ def test_forcing_a_gpu_backend_without_a_gpu_is_an_error():
         ("adamw_8bit", "cuda", "adamw_8bit", False),
         ("adamw_8bit", "cpu", "adamw_torch", True),
         ("adamw", "cpu", "adamw_torch", False),
-        ("adam", "cuda", "adamw_torch", True),
+        ("adamw", "cuda", "adamw_torch_fused", False),  # the Trainer's own default on CUDA
+        ("adam", "cuda", "adamw_torch_fused", True),
         ("sgd", "cpu", "sgd", False),
     ],
 )
@@ -45,3 +46,9 @@ def test_optimizer_mapping_is_explicit(optim, device, name, noted):
     mapped, note = trainer_optimizer(optim, device)
     assert mapped == name
     assert (note is not None) == noted
+
+
+def test_8bit_adamw_without_bitsandbytes_falls_back_with_a_reason_instead_of_failing_the_first_step():
+    mapped, note = trainer_optimizer("adamw_8bit", "cuda", has_bitsandbytes=False)
+    assert mapped == "adamw_torch_fused"
+    assert "bitsandbytes" in note and "not installed" in note

@@ -16,13 +16,14 @@ from jobs.finetune import TrainingConfig
 logger = logging.getLogger(__name__)
 
 # OpenWeights' optimiser names → Hugging Face Trainer names, per device. OpenWeights passes its
-# names through unchanged, so 'adam' and 'adamw' (not Trainer names) fail there; we map them.
+# names through unchanged, so 'adam' and 'adamw' (not Trainer names) fail there; we map them. On CUDA
+# AdamW is the fused kernel, the Trainer's own default there.
 _OPTIMIZERS = {
     ("adamw_8bit", "cuda"): "adamw_8bit",
     ("adamw_8bit", "cpu"): "adamw_torch",
-    ("adamw", "cuda"): "adamw_torch",
+    ("adamw", "cuda"): "adamw_torch_fused",
     ("adamw", "cpu"): "adamw_torch",
-    ("adam", "cuda"): "adamw_torch",
+    ("adam", "cuda"): "adamw_torch_fused",
     ("adam", "cpu"): "adamw_torch",
     ("sgd", "cuda"): "sgd",
     ("sgd", "cpu"): "sgd",
@@ -32,17 +33,36 @@ _OPTIMIZER_NOTES = {
     ("adam", "cuda"): "the Trainer has no plain Adam; AdamW with the configured weight_decay is used",
     ("adam", "cpu"): "the Trainer has no plain Adam; AdamW with the configured weight_decay is used",
 }
+_NO_BITSANDBYTES_NOTE = (
+    "8-bit AdamW needs the bitsandbytes package, which is not installed here (it comes with the gpu "
+    "extra); the fused 32-bit AdamW is used instead"
+)
 
 
-def trainer_optimizer(optim: str, device: str) -> tuple[str, str | None]:
-    """``(Trainer optimiser name, reason it differs from the request or None)``."""
-    name = _OPTIMIZERS[(optim, "cuda" if device == "cuda" else "cpu")]
-    return name, _OPTIMIZER_NOTES.get((optim, "cuda" if device == "cuda" else "cpu"))
+def bitsandbytes_installed() -> bool:
+    """Whether 8-bit optimisers can be built here (without importing bitsandbytes, which is slow)."""
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def trainer_optimizer(optim: str, device: str, *, has_bitsandbytes: bool = True) -> tuple[str, str | None]:
+    """``(Trainer optimiser name, reason it differs from the request or None)``. Pure.
+
+    Without bitsandbytes the Trainer would stop at the first step with an ImportError, after the
+    model is loaded and the pod paid for; falling back to AdamW (with a logged reason) trains instead.
+    """
+    device = "cuda" if device == "cuda" else "cpu"
+    if (optim, device) == ("adamw_8bit", "cuda") and not has_bitsandbytes:
+        return "adamw_torch_fused", _NO_BITSANDBYTES_NOTE
+    return _OPTIMIZERS[(optim, device)], _OPTIMIZER_NOTES.get((optim, device))
 
 
 def common_arguments(config: TrainingConfig, output_dir: Path, device: str, has_eval: bool) -> dict[str, Any]:
     """TrainingArguments shared by every loss."""
-    optim, note = trainer_optimizer(config.optim, device)
+    optim, note = trainer_optimizer(
+        config.optim, device, has_bitsandbytes=device != "cuda" or bitsandbytes_installed()
+    )
     if note:
         logger.warning("optim: %r → %r (%s)", config.optim, optim, note)
     bf16 = False

@@ -13,8 +13,8 @@
         requires_vram_gb = 0
         allowed_hardware = ["1x A40"]                         # optional; empty: the work pool's GPU types
 
-        def get_entrypoint(self, params):                     # an argument list, not a shell string
-            return ["python", "word_count.py"]
+        def get_entrypoint(self, params):                     # an argument list, or a command string
+            return ["python", "word_count.py"]                # ("python word_count.py" as OpenWeights has)
 
     ow = OpenWeights()
     job = ow.word_count.create(input_file=file_id, min_length=4).wait()
@@ -27,11 +27,17 @@ resubmitting unchanged code and parameters returns the existing one. As in OpenW
 ``allowed_hardware``, ``requires_vram_gb`` and ``image`` given to ``create`` choose the job's
 hardware (overriding the class's) instead of being job parameters — unless the job's own
 parameter model has a field of that name. They do not change the job ID (:mod:`jobs.hardware`).
+
+``get_entrypoint`` may return a command string, as OpenWeights' jobs do; it is split as a POSIX
+shell would split words (``shlex``) but never run by a shell, so a string that needs one (pipes,
+``&&``, redirections, ``$VARIABLES``) is refused with a message saying so: put that in a script.
 """
 
 from __future__ import annotations
 
 import abc
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,6 +46,29 @@ from pydantic import BaseModel
 from jobs.hardware import PLACEMENT_FIELDS
 
 _REGISTERED: dict[str, type[CustomJob]] = {}
+_SHELL_ONLY = ("|", "&", ";", "<", ">", "$", "`")
+
+
+def entrypoint_argv(entrypoint: str | Sequence[str], job_name: str) -> list[str]:
+    """The argument list a custom job's ``get_entrypoint`` describes (a list, or a command string). Pure."""
+    if isinstance(entrypoint, str):
+        needs_shell = sorted({char for char in _SHELL_ONLY if char in entrypoint})
+        if needs_shell:
+            raise ValueError(
+                f"{job_name}.get_entrypoint returned {entrypoint!r}, which needs a shell ({' '.join(needs_shell)}); "
+                "entrypoints run without one: return an argument list, or put the pipeline in a script"
+            )
+        try:
+            argv = shlex.split(entrypoint)
+        except ValueError as exc:
+            raise ValueError(f"{job_name}.get_entrypoint returned {entrypoint!r}: {exc}") from None
+    else:
+        argv = list(entrypoint)
+    if not argv or not all(isinstance(arg, str) and arg for arg in argv):
+        raise ValueError(
+            f"{job_name}.get_entrypoint must return a command string or a list of non-empty strings, got {entrypoint!r}"
+        )
+    return argv
 
 
 class CustomJob(abc.ABC):
@@ -54,8 +83,8 @@ class CustomJob(abc.ABC):
         self._ow = ow
 
     @abc.abstractmethod
-    def get_entrypoint(self, params: BaseModel) -> list[str]:
-        """The command that runs the job, as an argument list, in the job's directory."""
+    def get_entrypoint(self, params: BaseModel) -> list[str] | str:
+        """The command that runs the job in the job's directory: an argument list or a command string."""
 
     def definition(self, **params: Any) -> dict[str, Any]:
         """The ``custom/run`` parameters for these job parameters (validates and uploads).
@@ -72,7 +101,7 @@ class CustomJob(abc.ABC):
             "params": validated.model_dump(mode="json"),
             "params_schema": self.params.model_json_schema(),
             "mounted_files": self._upload_mounts(),
-            "entrypoint": list(self.get_entrypoint(validated)),
+            "entrypoint": entrypoint_argv(self.get_entrypoint(validated), type(self).__name__),
             "requires_vram_gb": hardware.get("requires_vram_gb", float(self.requires_vram_gb)),
         }
         allowed_hardware = hardware.get("allowed_hardware", self.allowed_hardware)

@@ -84,3 +84,33 @@ def test_a_failing_script_fails_the_job_with_its_output(ow, ow_stack, tmp_path):
     job = ow.broken_test.create(word="x").wait(timeout=600)
     assert job.status == "failed"
     assert "exited with code 3" in job.logs() and "about to fail" in job.logs()
+
+
+def test_a_command_string_entrypoint_is_split_into_words_not_characters():
+    """OpenWeights' jobs return ``"python train.py --epochs 3"``; that is three words and a flag."""
+    from pydantic import BaseModel
+
+    from client.custom_jobs import CustomJob
+
+    class Params(BaseModel):
+        epochs: int = 3
+
+    class StringCommand(CustomJob):
+        params = Params
+
+        def get_entrypoint(self, params):
+            return f"python train.py --epochs {params.epochs} --note 'two words'"
+
+    definition = StringCommand(ow=None).definition(epochs=5)
+    assert definition["entrypoint"] == ["python", "train.py", "--epochs", "5", "--note", "two words"]
+
+
+def test_a_command_string_that_needs_a_shell_is_refused_naming_the_job():
+    from client.custom_jobs import entrypoint_argv
+
+    with pytest.raises(ValueError, match=r"Pipeline.get_entrypoint .*needs a shell \(\|\)"):
+        entrypoint_argv("python a.py | tee log", "Pipeline")
+    with pytest.raises(ValueError, match="No closing quotation"):
+        entrypoint_argv("python 'a.py", "Pipeline")
+    with pytest.raises(ValueError, match="list of non-empty strings"):
+        entrypoint_argv([], "Pipeline")

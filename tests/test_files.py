@@ -1,14 +1,25 @@
 """Content-addressed files: same bytes → same ID, stored once, hashed in constant memory."""
 
 import hashlib
+import io
 import json
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
 from jobs.datasets import DatasetError
 from store.artifact_store import ArtifactStore
-from store.files import UnknownFileError, get_file_record, parse_file_id, read_file_bytes, upload_file
+from store.files import (
+    FileChangedError,
+    UnknownFileError,
+    check_file,
+    get_file_record,
+    parse_file_id,
+    read_file_bytes,
+    store_checked_file,
+    upload_file,
+)
 
 
 @pytest.fixture
@@ -88,3 +99,55 @@ def test_unknown_and_mistyped_file_ids(tmp_path, store):
 def test_bad_purpose_name_is_refused(tmp_path, store):
     with pytest.raises(ValueError, match="purpose must match"):
         upload_file(store, write_rows(tmp_path / "a.jsonl", [ROW]), "Conversations!")
+
+
+OTHER_ROW = {"messages": [{"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]}
+
+
+class RewrittenOnRewind(io.FileIO):
+    """A real file that another writer replaces after it was read once, when the upload rewinds it."""
+
+    def __init__(self, path, replacement: bytes):
+        super().__init__(path, "rb")
+        self._replacement = replacement
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        if self._replacement is not None and (offset, whence) == (0, io.SEEK_SET) and self.tell() > 0:
+            Path(self.name).write_bytes(self._replacement)
+            self._replacement = None
+        return super().seek(offset, whence)
+
+
+def test_a_file_changed_between_check_and_upload_is_refused_and_stores_nothing(tmp_path, store):
+    path = write_rows(tmp_path / "a.jsonl", [ROW])
+    record = check_file(path, "conversations")  # what `ow files upload` hashes and validates
+    write_rows(path, [OTHER_ROW])  # the file changes before its bytes are sent
+    with pytest.raises(FileChangedError, match=rf"a.jsonl changed while it was being uploaded.*{record.sha256}"):
+        store_checked_file(store, record, path)
+    assert store.list("files") == []
+    assert not list((tmp_path / "store").rglob("*.partial-*"))
+
+
+def test_an_open_file_changed_between_its_two_reads_is_refused_and_stores_nothing(tmp_path, store):
+    path = write_rows(tmp_path / "a.jsonl", [ROW])
+    with RewrittenOnRewind(path, (json.dumps(OTHER_ROW) + "\n").encode()) as handle:
+        with pytest.raises(FileChangedError, match="a.jsonl changed while it was being uploaded"):
+            upload_file(store, handle, "conversations")
+    assert store.list("files") == []
+
+
+def test_stored_content_that_does_not_match_its_digest_is_rewritten(tmp_path, store):
+    path = write_rows(tmp_path / "a.jsonl", [ROW])
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    store.write_bytes(f"files/{digest}/content", path.read_bytes().replace(b"2+2", b"2+3"))  # same size, other bytes
+    record = upload_file(store, path, "conversations")
+    assert read_file_bytes(store, record.id) == path.read_bytes()
+
+
+def test_truncated_content_under_an_existing_record_is_rewritten(tmp_path, store):
+    path = write_rows(tmp_path / "a.jsonl", [ROW, ROW])
+    record = upload_file(store, path, "conversations")
+    store.write_bytes(f"files/{record.sha256}/content", path.read_bytes()[:10])  # left by an older, non-atomic write
+    again = upload_file(store, path, "conversations")
+    assert again == record
+    assert read_file_bytes(store, record.id) == path.read_bytes()

@@ -77,3 +77,30 @@ def test_prefect_results_are_stored_in_s3_through_the_block(prefect_server, s3_s
     assert uses_cache(21) == {"answer": 42}
     assert calls == [21]  # the second call was a cache hit, read back from S3
     assert "test_prefect_results_are_stored_in_s3_through_the_block/prefect-results/answer-21" in s3_server.keys()
+
+
+def test_a_file_changed_before_its_upload_to_s3_is_refused_and_stores_nothing(s3_server, s3_block, tmp_path):
+    from store.files import FileChangedError, check_file, store_checked_file
+
+    store = s3_block.artifact_store()
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "hello"}) + "\n")
+    record = check_file(path, "conversations")  # what `ow files upload` hashes and validates
+    path.write_text(json.dumps({"text": "hello, changed"}) + "\n")  # the file changes before it is sent
+    with pytest.raises(FileChangedError, match="d.jsonl changed while it was being uploaded"):
+        store_checked_file(store, record, path)
+    assert s3_server.keys("test_a_file_changed_before_its_upload_to_s3") == []
+
+
+def test_bad_content_on_s3_is_repaired_by_the_next_upload(s3_server, s3_block, tmp_path):
+    import hashlib
+
+    from store.files import read_file_bytes, upload_file
+
+    store = s3_block.artifact_store()
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "hello"}) + "\n")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    store.write_bytes(f"files/{digest}/content", path.read_bytes()[:5])  # what a non-atomic write left behind
+    record = upload_file(store, path, "conversations")
+    assert read_file_bytes(store, record.id) == path.read_bytes()

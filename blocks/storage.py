@@ -4,6 +4,11 @@ One block document (default name ``default``, overridable with ``OW_STORE_BLOCK`
 flow run, on any machine or pod, where to read inputs and write outputs. The same block is
 Prefect's result storage for our cached stages, so job results and artifacts share one store.
 
+Result records are JSON only. A GPU stage can write to the store, so a job's own code could plant
+a record at ``prefect-results/<job_id>`` that Prefect would unpickle on the control worker at the
+next cache hit. :meth:`ArtifactStoreBlock.read_path` hands Prefect only records that its JSON
+serializer reads as plain data (:func:`check_json_result_record`) and refuses any other.
+
 Create it from the CLI (``scripts/services.py`` does this for the embedded default)::
 
     from blocks.storage import ArtifactStoreBlock
@@ -13,11 +18,15 @@ Create it from the CLI (``scripts/services.py`` does this for the embedded defau
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from prefect import get_run_logger
 from prefect._internal.compatibility.async_dispatch import async_dispatch
+from prefect.exceptions import MissingContextError
 from prefect.filesystems import WritableFileSystem
 from pydantic import Field, SecretStr, field_validator
 
@@ -25,6 +34,12 @@ from store.artifact_store import ArtifactStore
 
 DEFAULT_BLOCK_NAME = "default"
 RESULTS_PREFIX = "prefect-results"
+# Prefect's JSON serializer as it writes our records; each of these fields names code Prefect imports on read.
+_JSON_SERIALIZER_READ_DEFAULTS = {
+    "jsonlib": "json",
+    "object_decoder": "prefect.serializers.prefect_json_object_decoder",
+    "loads_kwargs": {},
+}
 
 
 def ow_home() -> Path:
@@ -92,7 +107,8 @@ class ArtifactStoreBlock(WritableFileSystem):
 
     @async_dispatch(aread_path)
     def read_path(self, path: str) -> bytes:
-        return self.artifact_store().read_bytes(f"{RESULTS_PREFIX}/{path}")
+        key = f"{RESULTS_PREFIX}/{path}"
+        return check_json_result_record(self.artifact_store().read_bytes(key), key)
 
     async def awrite_path(self, path: str, content: bytes) -> str:
         return self.write_path(path, content, _sync=True)
@@ -100,6 +116,82 @@ class ArtifactStoreBlock(WritableFileSystem):
     @async_dispatch(awrite_path)
     def write_path(self, path: str, content: bytes) -> str:
         return self.artifact_store().write_bytes(f"{RESULTS_PREFIX}/{path}", content)
+
+
+class UnsafeResultRecordError(ValueError):
+    """A stored result record Prefect would not read as plain JSON; refused before Prefect deserializes it."""
+
+
+def check_json_result_record(content: bytes, key: str) -> bytes:
+    """``content`` if Prefect would read it as plain JSON data; else :class:`UnsafeResultRecordError`.
+
+    Prefect 3 stores a record as ``{"metadata": {"serializer": {...}, ...}, "result": "<serialized>"}``
+    (older ones as ``{"serializer": {...}, "data": ...}``) and deserializes the result with whatever
+    serializer the record names — ``pickle`` runs code — and a record naming none means pickle.
+    Accepted: records naming Prefect's ``json`` serializer with its own library and decoder, whose
+    result holds no ``__class__`` marker (the decoder would import and build that type), and plain
+    JSON values. Pure apart from logging the refusal.
+    """
+    document = _plain_json(content, key, "it is not a JSON result record")
+    payload = document
+    if isinstance(document, dict) and ("metadata" in document or "serializer" in document):
+        metadata = document.get("metadata", document)
+        problem = _serializer_problem(metadata.get("serializer") if isinstance(metadata, dict) else None)
+        if problem:
+            _refuse(key, problem)
+        payload = document.get("result", document.get("data"))
+        if isinstance(payload, str):
+            payload = _plain_json(payload.encode("utf-8"), key, "its result is not JSON")
+    marker = _class_marker(payload)
+    if marker is not None:
+        _refuse(key, f"its result asks Prefect to build a Python object of type {marker!r}")
+    return content
+
+
+def _plain_json(content: bytes, key: str, problem: str) -> Any:
+    try:
+        return json.loads(content)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser's limit
+        _refuse(key, problem)
+
+
+def _serializer_problem(serializer: Any) -> str | None:
+    if not isinstance(serializer, dict):
+        return "it names no serializer, so Prefect would unpickle it"
+    if serializer.get("type") != "json":
+        return f"it names the {serializer.get('type')!r} serializer, not 'json'"
+    for name, default in _JSON_SERIALIZER_READ_DEFAULTS.items():
+        if serializer.get(name, default) != default:
+            return f"its json serializer sets {name}={serializer[name]!r} (code Prefect would import)"
+    return None
+
+
+def _class_marker(value: Any) -> str | None:
+    """The first ``__class__`` marker in a JSON value (iterative: the value may be deeply nested)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "__class__" in item:
+                return str(item["__class__"])[:200]
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def _refuse(key: str, problem: str) -> None:
+    message = (
+        f"refusing the result record {key}: {problem}. This store holds JSON result records only; a job's "
+        "code may have written this one. Delete it to run the job again."
+    )
+    # Prefect treats a failed read as a cache miss and says nothing, so the refusal is logged here,
+    # in the run's log when there is one.
+    try:
+        get_run_logger().warning(message)
+    except MissingContextError:
+        logging.getLogger(__name__).warning(message)
+    raise UnsafeResultRecordError(message)
 
 
 def store_block_name() -> str:

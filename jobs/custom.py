@@ -18,6 +18,7 @@ from jobs.file_ids import FileId, is_file_id
 from jobs.hardware import AllowedHardware, ContainerImage, HardwareRequest
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")  # NUL, newlines, …: no file name of a job's needs them
 
 
 class CustomJobConfig(HardwareRequest):
@@ -56,8 +57,17 @@ class CustomJobConfig(HardwareRequest):
     def _relative_paths(cls, value: dict[str, str]) -> dict[str, str]:
         for path in value:
             parts = path.replace("\\", "/").split("/")
-            if path.startswith("/") or ".." in parts or not path.strip():
+            if path.startswith("/") or ".." in parts or not path.strip() or _CONTROL_RE.search(path):
                 raise ValueError(f"mounted_files: {path!r} must be a relative path inside the job's directory")
+        return value
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _no_nul_in_arguments(cls, value: list[str]) -> list[str]:
+        # The OS cannot pass a NUL byte in an argument: refused here, not by subprocess on the GPU.
+        for index, argument in enumerate(value):
+            if "\x00" in argument:
+                raise ValueError(f"entrypoint: argument {index} ({argument!r}) contains a NUL byte")
         return value
 
     def input_file_ids(self) -> list[str]:

@@ -11,18 +11,31 @@ Purposes and the row shapes they accept:
   preference row (as OpenWeights accepts);
 - ``preference``: ``{"prompt": [...], "chosen": [...], "rejected": [...]}``, each a message list.
 
-Other purposes may register a row validator with :func:`register_row_validator`; purposes with
-none are stored as opaque bytes.
+Other purposes may register a row validator with :func:`register_row_validator`. Purposes in
+:data:`TEXT_PURPOSES` (source code, such as inspect-ai task files) are text: UTF-8 without NUL
+bytes. Other purposes with no validator are stored as they are, line by line UTF-8.
+
+Every row is at most :data:`MAX_NESTING` levels deep, and a number JSON cannot hand to Python
+(an integer of thousands of digits) is a problem of its line, not a crash of the upload.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 MAX_REPORTED = 10
 ROLES = ("system", "user", "assistant")
+# Purposes whose files are text (code): a NUL byte or undecodable bytes are refused with their line.
+TEXT_PURPOSES = ("inspect_task",)
+NUL = "\x00"
+# Deeper than any row format needs; keeps every reader of a row (validators, tokenizer templates,
+# the job ID's canonical JSON) clear of Python's recursion limit.
+MAX_NESTING = 64
+TOO_DEEP = f"the row is nested more than {MAX_NESTING} levels deep"
+MAX_INTEGER = 2**63 - 1  # parameters: 64-bit signed integers, what every consumer (torch, vLLM, JSON peers) takes
 
 
 class DatasetError(ValueError):
@@ -73,11 +86,12 @@ def validate_lines(lines: Iterable[bytes], purpose: str, file: str, extra_check:
     :class:`DatasetError` naming the file and each bad line.
     """
     validator = _compose(row_validator(purpose), extra_check)
+    text_purpose = purpose in TEXT_PURPOSES
     problems: list[tuple[int | None, str]] = []
     more = 0
     rows = 0
     for number, raw in enumerate(lines, start=1):
-        problem = _check_line(raw, validator)
+        problem = _check_line(raw, validator, text_purpose)
         if problem == "blank":
             continue
         rows += 1
@@ -104,11 +118,13 @@ def _compose(first: RowValidator | None, second: RowValidator | None) -> RowVali
     return both
 
 
-def _check_line(raw: bytes, validator: RowValidator | None) -> str | None:
+def _check_line(raw: bytes, validator: RowValidator | None, text_purpose: bool = False) -> str | None:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
+    if text_purpose and NUL in text:
+        return f"contains a NUL byte (column {text.index(NUL) + 1}); this purpose takes text files only"
     if not text.strip():
         return "blank"
     if validator is None:
@@ -117,10 +133,41 @@ def _check_line(raw: bytes, validator: RowValidator | None) -> str | None:
         row = json.loads(text)
     except json.JSONDecodeError as exc:
         return f"not valid JSON: {exc.msg} (column {exc.colno})"
+    except RecursionError:
+        return TOO_DEEP
+    except ValueError:  # int(): Python's limit on digits of an integer read from text
+        return "a number has more digits than Python reads from text (4300); write it as a string"
+    problem = json_value_problem(row)
+    if problem:
+        return problem
     try:
         validator(row)
     except RowError as exc:
         return str(exc)
+    return None
+
+
+def json_value_problem(value: Any, where: str = "", integers: bool = False, finite: bool = False) -> str | None:
+    """What makes a parsed JSON value unsafe to pass on, or None: nesting beyond :data:`MAX_NESTING`;
+    with ``integers``, integers beyond 64 bits; with ``finite``, NaN/Infinity (which JSON cannot hold).
+
+    Iterative, so a hostile value cannot exhaust the stack of the check itself (a cyclic value is
+    reported as too deep). ``where`` names the value (a parameter) in the message.
+    """
+    stack: list[tuple[Any, int, str]] = [(value, 1, where)]
+    while stack:
+        item, depth, path = stack.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if depth > MAX_NESTING:
+                return f"{where}: nested more than {MAX_NESTING} levels deep" if where else TOO_DEEP
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                step = f"[{key}]" if isinstance(key, int) else f".{str(key)[:40]}"
+                stack.append((child, depth + 1, (path + step)[:160]))
+        elif integers and isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_INTEGER:
+            return f"{path or 'value'}: integer of {item.bit_length()} bits is out of range (at most 64-bit integers)"
+        elif finite and isinstance(item, float) and not math.isfinite(item):
+            return f"{path or 'value'}: {item} is not a finite number"
     return None
 
 

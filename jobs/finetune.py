@@ -9,13 +9,16 @@ form) and, with defaults filled in, the input of the job's content hash.
 from __future__ import annotations
 
 import ast
+import math
 import operator
+import string
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobs.file_ids import FileId
 from jobs.hardware import AllowedHardware, ContainerImage, HardwareRequest, RequiredVramGb
+from jobs.identity import JobIdSuffix
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ALLOWED_OPTIMIZERS = ("adamw_8bit", "adamw", "adam", "sgd")
@@ -29,6 +32,8 @@ ALLOWED_SCHEDULERS = (
 )
 CONVERSATION_LOSSES = ("sft",)
 PREFERENCE_LOSSES = ("dpo", "orpo")
+NAME_PLACEHOLDERS = ("org_id", "model_name", "job_id")
+MAX_LEARNING_RATE_EXPRESSION = 100  # characters: '1e-4 * 2' needs ten; a long one is an attack on the parser
 
 
 class SamplingCallbackConfig(BaseModel):
@@ -79,7 +84,9 @@ class TrainingConfig(HardwareRequest):
     model_naming_extra_parameters: dict[str, str] | None = Field(
         None, description="Extra placeholder values for finetuned_model_id."
     )
-    job_id_suffix: str | None = Field(None, description="Suffix appended to the job ID (e.g. to tell runs apart).")
+    job_id_suffix: JobIdSuffix | None = Field(
+        None, description="Suffix appended to the job ID (e.g. to tell runs apart): 1-64 letters, digits, '.', '_' or '-'."
+    )
 
     # Model loading
     max_seq_length: int = Field(2048, ge=8, le=1_048_576, description="Maximum sequence length for training.")
@@ -111,8 +118,10 @@ class TrainingConfig(HardwareRequest):
     per_device_train_batch_size: int = Field(2, ge=1, description="Training batch size per device.")
     gradient_accumulation_steps: int = Field(8, ge=1, description="Batches accumulated per optimiser step.")
     warmup_steps: int = Field(5, ge=0, description="Learning-rate warm-up steps.")
+    # float | str so the form takes an expression; validation turns it into its float, so '2e-4',
+    # '1e-4 * 2' and 2e-4 are one job (the job ID hashes the validated value).
     learning_rate: float | str = Field(
-        1e-4, description="Learning rate, or an arithmetic expression such as '1e-4 * 2'."
+        1e-4, description="Learning rate, or an arithmetic expression such as '1e-4 * 2' (stored as its value)."
     )
     logging_steps: int = Field(1, ge=1, description="Steps between logged metrics.")
     optim: str = Field("adamw_8bit", description=f"Optimiser: one of {', '.join(ALLOWED_OPTIMIZERS)}.")
@@ -154,11 +163,13 @@ class TrainingConfig(HardwareRequest):
 
     @field_validator("learning_rate", mode="before")
     @classmethod
-    def _check_learning_rate(cls, value):
+    def _check_learning_rate(cls, value) -> float:
         rate = evaluate_learning_rate(value)
+        if not math.isfinite(rate):
+            raise ValueError(f"Learning rate must be a finite number, got {rate} from {value!r}")
         if rate <= 0:
             raise ValueError("Learning rate must be positive")
-        return value
+        return rate
 
     @field_validator("lora_dropout")
     @classmethod
@@ -191,6 +202,7 @@ class TrainingConfig(HardwareRequest):
     @field_validator("finetuned_model_id")
     @classmethod
     def _check_finetuned_model_id(cls, value: str) -> str:
+        template_placeholders(value)
         if len(value.split("/")) != 2:
             raise ValueError("Model ID must be in the format 'user/model'")
         org = value.split("/")[0]
@@ -222,13 +234,13 @@ class TrainingConfig(HardwareRequest):
 
     @model_validator(mode="after")
     def _check_name_template(self) -> TrainingConfig:
-        try:
-            self.output_model_name(job_id="ftjob-x", org_id="org")
-        except KeyError as exc:
-            raise ValueError(
-                f"finetuned_model_id: unknown placeholder {{{exc.args[0]}}}; use {{org_id}}, {{model_name}}, "
-                "{job_id} or a key of model_naming_extra_parameters"
-            ) from None
+        known = set(NAME_PLACEHOLDERS) | set(self.model_naming_extra_parameters or {})
+        for name in template_placeholders(self.finetuned_model_id):
+            if name not in known:
+                raise ValueError(
+                    f"finetuned_model_id: unknown placeholder {{{name}}}; use {{org_id}}, {{model_name}}, "
+                    "{job_id} or a key of model_naming_extra_parameters"
+                )
         return self
 
     # -- derived values ---------------------------------------------------------------------
@@ -253,6 +265,32 @@ class TrainingConfig(HardwareRequest):
         return self.finetuned_model_id.format(**values)
 
 
+def template_placeholders(template: str) -> list[str]:
+    """The placeholder names of a ``finetuned_model_id`` template; ValueError naming the field otherwise.
+
+    Only plain ``{name}`` fields: ``str.format`` would also follow ``{model_name.__class__}`` (attributes),
+    ``{extra[0]}`` (indexes), ``{}``/``{0}`` (positional) and pad to ``{model_name:>999999999}`` (a
+    gigabyte string), none of which a model name needs.
+    """
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"finetuned_model_id: {template!r} is not a valid template: {exc}") from None
+    names = []
+    for _, name, format_spec, conversion in fields:
+        if name is None:
+            continue
+        if not name.isidentifier():
+            raise ValueError(
+                f"finetuned_model_id: {{{name}}} is not a placeholder; use named ones such as {{model_name}} "
+                "(no positional fields, attributes or indexes)"
+            )
+        if format_spec or conversion:
+            raise ValueError(f"finetuned_model_id: placeholders take no format spec or conversion; write {{{name}}}")
+        names.append(name)
+    return names
+
+
 _OPERATORS = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
@@ -275,6 +313,8 @@ def evaluate_learning_rate(value: float | int | str) -> float:
         return float(value)
     if not isinstance(value, str):
         raise ValueError("Learning rate must be a number or an arithmetic expression")
+    if len(value) > MAX_LEARNING_RATE_EXPRESSION:
+        raise ValueError(f"Learning rate expression is longer than {MAX_LEARNING_RATE_EXPRESSION} characters")
 
     def evaluate(node: ast.AST) -> float:
         if isinstance(node, ast.Expression):
@@ -289,5 +329,5 @@ def evaluate_learning_rate(value: float | int | str) -> float:
 
     try:
         return float(evaluate(ast.parse(value, mode="eval")))
-    except (SyntaxError, ZeroDivisionError, OverflowError) as exc:
+    except (SyntaxError, ZeroDivisionError, OverflowError, RecursionError, MemoryError) as exc:
         raise ValueError(f"Learning rate expression {value!r} is not valid: {exc}") from None

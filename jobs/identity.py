@@ -18,15 +18,30 @@ A job's ID is ``<prefix>-<sha256 hex>`` where the digest covers, in a canonical 
 Canonical JSON: keys sorted, no insignificant whitespace, UTF-8 (not ASCII-escaped), floats in
 Python's shortest round-trip form, NaN/Infinity refused. ``docs/job-identity.md`` gives fixed
 test vectors; ``tests/test_identity.py`` pins them.
+
+A job ID names a directory on a GPU machine and keys in the store, so its shape is fixed
+(:func:`check_job_id`): ``<prefix>-<64 hex digits>``, then the job's ``job_id_suffix`` if it set
+one (:data:`JobIdSuffix`), then ``-<8 hex digits>`` for a service (every deployment is its own run).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import StringConstraints
+
+# One pattern for every job type with a job_id_suffix: it becomes part of a file name and of store keys.
+JOB_ID_SUFFIX_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+JobIdSuffix = Annotated[str, StringConstraints(pattern=JOB_ID_SUFFIX_PATTERN)]
+"""A ``job_id_suffix`` parameter: 1–64 letters, digits, ``.``, ``_`` or ``-`` (no ``/``, no whitespace)."""
+
+_SUFFIX = JOB_ID_SUFFIX_PATTERN.removeprefix("^").removesuffix("$")
+JOB_ID_RE = re.compile(rf"(?P<prefix>[a-z][a-z0-9]*)-[0-9a-f]{{64}}(?:-{_SUFFIX})?(?:-[0-9a-f]{{8}})?")
 
 
 def canonical_json(value: Any) -> bytes:
@@ -69,3 +84,21 @@ def source_digest(paths: Iterable[Path], root: Path) -> str:
         digest.update(relative.encode("utf-8") + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).hexdigest().encode("ascii") + b"\n")
     return digest.hexdigest()
+
+
+def check_job_id(value: Any, prefix: str | None = None) -> str:
+    """``value`` if it has the shape of a job ID (of the job type with ``prefix``, if given); else ValueError.
+
+    Flows that take a job ID from outside (a hand-started ``gpu-stage`` run) call this before the
+    ID names a directory or a store key: ``"/"`` or ``"../x"`` is refused, never joined to a path.
+    """
+    match = JOB_ID_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        shown = repr(value) if len(repr(value)) <= 100 else repr(value)[:97] + "…"
+        raise ValueError(
+            f"job_id: {shown} is not a job ID; expected <type prefix>-<64 hex digits>[-<job_id_suffix>] "
+            "as the control flow prints it"
+        )
+    if prefix is not None and match["prefix"] != prefix:
+        raise ValueError(f"job_id: {value!r} is not the ID of this job type (IDs start with {prefix}-)")
+    return value

@@ -25,6 +25,7 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_v
 
 from jobs.file_ids import FileId, parse_file_id
 from jobs.hardware import AllowedHardware, ContainerImage, HardwareRequest, RequiredVramGb
+from jobs.identity import JobIdSuffix
 from jobs.model_refs import parse_model_ref
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's and vLLM's default ceiling for alternatives per token
@@ -105,8 +106,8 @@ class InferenceConfig(HardwareRequest):
     load_format: str | None = Field(
         None, description="vLLM weight loading format (LLM(load_format=…)), e.g. 'bitsandbytes'; GPU only."
     )
-    job_id_suffix: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Suffix appended to the job ID (e.g. to tell runs apart)."
+    job_id_suffix: JobIdSuffix | None = Field(
+        None, description="Suffix appended to the job ID (e.g. to tell runs apart): 1-64 letters, digits, '.', '_' or '-'."
     )
 
     # Where the GPU stage runs (jobs.hardware): not part of the job ID

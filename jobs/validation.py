@@ -1,7 +1,9 @@
 """The one validation path of every job, run in the control tier before any GPU is requested.
 
 1. :func:`validate_params` — the job's pydantic model, with defaults filled in; errors name
-   each field.
+   each field. Values no job needs and that break the readers after it (nesting beyond
+   :data:`jobs.datasets.MAX_NESTING`, integers beyond 64 bits, NaN/Infinity) are refused too,
+   naming the field, before they can fail deep inside serialisation or hashing.
 2. :func:`check_inputs` — every input file exists with the right purpose, its bytes still match
    its content ID, and every row passes the purpose's and the job's checks (errors name the
    field, the file and the line); every model reference exists. Returns what the job ID covers.
@@ -16,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from jobs.datasets import DatasetError, validate_lines
+from jobs.datasets import DatasetError, json_value_problem, validate_lines
 from jobs.model_refs import ModelNotFoundError, check_model_ref, read_model_config
 from jobs.registry import JobSpec
 from store.artifact_store import ArtifactStore
@@ -38,10 +40,21 @@ class CheckedInputs:
 
 
 def validate_params(spec: JobSpec, raw: dict[str, Any]) -> BaseModel:
+    # Before pydantic: a 10,000-deep value or a 5,000-digit integer would otherwise surface as a
+    # RecursionError or ValueError deep inside serialisation or hashing, naming no field.
+    problems = [problem for name, value in raw.items() if (problem := json_value_problem(value, str(name), integers=True))]
+    if problems:
+        raise InvalidJobError(spec.job_type, problems)
     try:
-        return spec.params_model.model_validate(raw)
+        params = spec.params_model.model_validate(raw)
     except ValidationError as exc:
         raise InvalidJobError(spec.job_type, format_validation_error(exc)) from None
+    # After: NaN/Infinity the field itself let through has no JSON form, so no job ID.
+    validated = params.model_dump()
+    problems = [problem for name, value in validated.items() if (problem := json_value_problem(value, name, finite=True))]
+    if problems:
+        raise InvalidJobError(spec.job_type, problems)
+    return params
 
 
 def format_validation_error(exc: ValidationError) -> list[str]:

@@ -35,6 +35,14 @@ CASES = {
     "unknown file ID": ({"training_file": "conversations:file-" + "e" * 64}, ["training_file: unknown file ID"]),
     "malformed file ID": ({"training_file": "file-123"}, ["training_file", "'file-123' is not a file ID"]),
     "missing model path": ({"model": "/nonexistent/models/llama"}, ["model: local path /nonexistent/models/llama does not exist"]),
+    "name template reaching into Python": (
+        {"finetuned_model_id": "{org_id}/{model_name.__class__.__init__.__globals__}"},
+        ["finetuned_model_id: {model_name.__class__.__init__.__globals__} is not a placeholder"],
+    ),
+    # The server's schema check (Python's re, where $ also matches before a final newline) lets this one
+    # through; the flow's own parameter validation refuses it.
+    "job ID suffix with a newline": ({"job_id_suffix": "try2\n"}, ["job_id_suffix", "String should match pattern"]),
+    "learning rate that is not finite": ({"learning_rate": "1e308 * 10"}, ["learning_rate: Learning rate must be a finite number"]),
     "preference file for SFT": (
         {"training_file": "preference:file-" + "f" * 64},
         ["training_file: loss='sft' trains on a conversations file"],
@@ -65,7 +73,12 @@ def test_bad_input_fails_before_any_gpu_stage_and_touches_nothing(ow_stack, sft_
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"epochs": "many"}, "epochs"), ({"r": 0}, "r"), ({"lora_bias": "some"}, "lora_bias")],
+    [
+        ({"epochs": "many"}, "epochs"),
+        ({"r": 0}, "r"),
+        ({"lora_bias": "some"}, "lora_bias"),
+        ({"job_id_suffix": "../../x"}, "job_id_suffix"),
+    ],
 )
 def test_parameters_breaking_the_deployment_schema_are_refused_at_submission(ow_stack, sft_params, change, field):
     """The deployment's parameter schema (typed, bounded) is enforced by the server itself."""

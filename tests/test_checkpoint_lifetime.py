@@ -10,7 +10,7 @@ from store.artifact_store import ArtifactStore
 def test_checkpoints_survive_a_crash_while_the_result_record_is_written(ow_stack, sft_params, monkeypatch):
     from flows.gpu_stage import gpu_stage
 
-    job_id = "ftjob-record-after-checkpoints"
+    job_id = "ftjob-" + "0" * 64 + "-record-after-checkpoints"  # the shape the GPU stage accepts
     params = sft_params(seed=53, epochs=1, max_steps=12, save_steps=4, per_device_train_batch_size=4)
     real_write_json = ArtifactStore.write_json
 

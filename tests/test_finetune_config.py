@@ -103,3 +103,12 @@ def test_output_model_name_fills_placeholders():
         model_naming_extra_parameters={"tag": "v2", "org_id": "myorg"},
     )
     assert config.output_model_name(job_id="ftjob-1", org_id="ow") == "myorg/Llama-3.1-8B-v2-ftjob-1"
+
+
+def test_a_learning_rate_expression_is_validated_to_its_value_and_the_form_still_takes_it():
+    from flows.job_flow import signature_from_model
+
+    config = TrainingConfig(model="org/base", training_file=CONV, learning_rate="1e-4 * 2")
+    assert config.learning_rate == pytest.approx(2e-4) and isinstance(config.learning_rate, float)
+    assert config.model_dump(mode="json")["learning_rate"] == config.learning_rate
+    assert signature_from_model(TrainingConfig).parameters["learning_rate"].annotation == float | str

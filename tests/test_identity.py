@@ -129,3 +129,39 @@ def test_input_order_and_duplicates_do_not_matter():
 
 def test_job_id_suffix_is_appended():
     assert _finetune_id(job_id_suffix="try2").endswith("-try2")
+
+
+@pytest.mark.parametrize("spelling", ["2e-4", "1e-4*2", "1e-4 * 2", "0.0002", 2e-4])
+def test_spellings_of_one_learning_rate_are_one_job(spelling):
+    """As the control tier does it: validate, dump to JSON (what the GPU stage gets), validate again, hash."""
+    from jobs.validation import validate_params
+
+    def control_tier_id(learning_rate) -> str:
+        validated = validate_params(FINETUNE, {"model": "org/base", "training_file": FILE_A, "learning_rate": learning_rate})
+        again = FINETUNE.params_model.model_validate(validated.model_dump(mode="json"))
+        return FINETUNE.job_id(again, [FILE_A])
+
+    assert control_tier_id(spelling) == control_tier_id(2e-4)
+
+
+def test_every_job_id_a_spec_makes_has_the_job_id_shape():
+    from jobs.identity import check_job_id
+    from jobs.specs import INFERENCE
+
+    plain = _finetune_id()
+    suffixed = _finetune_id(job_id_suffix="try-2.b_c")
+    service = compute_job_id("serve", {}, [], "v", prefix="apijob") + "-0a1b2c3d"
+    for job_id, prefix in ((plain, "ftjob"), (suffixed, "ftjob"), (service, "apijob")):
+        assert check_job_id(job_id, prefix=prefix) == job_id
+    assert INFERENCE.id_prefix == "inferencejob"
+
+
+@pytest.mark.parametrize(
+    "job_id",
+    ["/", "..", "../x", "", "ftjob-x", "ftjob-" + "a" * 63, "FTJOB-" + "a" * 64, "ftjob-" + "a" * 64 + "/x", "ftjob-" + "a" * 64 + "-a b", None, 7],
+)
+def test_anything_else_is_not_a_job_id(job_id):
+    from jobs.identity import check_job_id
+
+    with pytest.raises(ValueError, match=r"^job_id: .* is not a job ID"):
+        check_job_id(job_id)

@@ -22,12 +22,17 @@ from prefect.runtime import flow_run
 from blocks.secrets import delete_secret, load_secrets, save_secret
 from blocks.storage import load_store_block, ow_home
 from infra.local.cpu_policy import prioritise_calling_thread
+from jobs.costs import JobCost, cost_line
 from jobs.records import JobRecord, result_key
 from jobs.registry import get_job_spec
 from tasks.reporting import PrefectReporter, emit_job_event
 
 
-@flow(name="gpu-stage", flow_run_name="{job_id}", log_prints=True)
+# No log_prints: the stage reports through its reporter, and a custom job's output is logged line by
+# line. Prefect's print capture would also defeat libraries that capture stdout themselves: dill
+# swaps sys.stdout to read dis.dis() output when datasets fingerprints a map function, and with
+# print patched, 40-odd lines of bytecode landed in every training run's logs.
+@flow(name="gpu-stage", flow_run_name="{job_id}")
 def gpu_stage(job_type: str, job_id: str, params: dict[str, Any], store_block: str | None = None) -> dict[str, Any]:
     """Run the heavy part of job ``job_id`` and store its outputs and result record.
 
@@ -35,13 +40,20 @@ def gpu_stage(job_type: str, job_id: str, params: dict[str, Any], store_block: s
     and write the same store whatever the GPU machine's environment says.
     """
     from compute.stage import StageContext  # imported here: pulls in the compute stack
+    from compute.work_dirs import job_work_dir, remove_work_dir
+    from jobs.identity import check_job_id
+    from jobs.validation import validate_params
 
-    logger = get_run_logger()
+    # A stage can be started by hand with any parameters: the job ID names a directory that is
+    # deleted, so it is checked (and the directory kept under the work root) before anything else.
     spec = get_job_spec(job_type)
-    config = spec.params_model.model_validate(params)
+    check_job_id(job_id, prefix=spec.id_prefix)
+    work_root = ow_home() / "work"
+    work_dir = job_work_dir(work_root, job_id)
+    config = validate_params(spec, params)
+    logger = get_run_logger()
     store = load_store_block(store_block).artifact_store()
-    work_dir = ow_home() / "work" / job_id
-    shutil.rmtree(work_dir, ignore_errors=True)
+    remove_work_dir(work_root, work_dir)
     reporter = PrefectReporter(job_id, job_type)
     context = StageContext(
         job_id=job_id,
@@ -98,6 +110,7 @@ def summary_markdown(record: JobRecord, cached: bool = False) -> str:
     if record.base_model:
         lines.append(f"- base model: `{record.base_model}`")
     lines.append(f"- took: {record.completed_at - record.started_at:.1f} s")
+    lines += _cost_lines(record.cost, cached)
     lines += ["", "## Outputs", ""]
     lines += [f"- **{name}**: `{uri}`" for name, uri in record.outputs.items()] or ["- (none)"]
     scalar_metrics = {k: v for k, v in record.metrics.items() if isinstance(v, (int, float, str)) and v is not None}
@@ -105,6 +118,25 @@ def summary_markdown(record: JobRecord, cached: bool = False) -> str:
         lines += ["", "## Metrics", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {name} | {_format(value)} |" for name, value in scalar_metrics.items()]
     return "\n".join(lines) + "\n"
+
+
+def _cost_lines(cost: JobCost | None, cached: bool) -> list[str]:
+    """The cost line (and, for billed pods, one row per pod); nothing before the control tier priced the job."""
+    if cost is None:
+        return []
+    if cached:
+        return [f"- {cost_line(cost)} (the original run; this cache hit cost nothing)"]
+    lines = [f"- {cost_line(cost)}"]
+    if cost.pods:
+        lines += ["", "| pod | GPUs | cloud | $/h | seconds | USD |", "| --- | --- | --- | --- | --- | --- |"]
+        for pod in cost.pods:
+            price = "?" if pod.price_per_hour is None else f"{pod.price_per_hour:.4g}"
+            billed = " (billed)" if pod.billed_usd is not None else ""
+            lines.append(
+                f"| `{pod.pod_id}` | {pod.gpu_count}× {pod.gpu_type_id or '?'} | {pod.cloud or '-'} | {price} "
+                f"| {pod.seconds:.0f} | {pod.usd:.4f}{billed} |"
+            )
+    return lines
 
 
 def _format(value: Any) -> str:

@@ -90,6 +90,15 @@ def job_cost(charges: Iterable[PodCharge], *, missing: int = 0) -> JobCost:
     return JobCost(usd=usd, billed=True, pods=pods, note="; ".join(notes))
 
 
+def cost_line(cost: JobCost) -> str:
+    """One line for logs and summaries: ``cost: $0.0123 over 2 pods (0.01 GPU-h)``, or why there is none."""
+    if not cost.billed:
+        return f"cost: none — {cost.note}" if cost.note else "cost: none"
+    pods = f"{len(cost.pods)} pod" + ("" if len(cost.pods) == 1 else "s")
+    line = f"cost: ${cost.usd:.4f} over {pods} ({cost.gpu_seconds / 3600:.2f} GPU-h)"
+    return f"{line}; {cost.note}" if cost.note else line
+
+
 def group_key(charge: PodCharge, by: GroupBy) -> str:
     """The group a charge falls in for a report grouped ``by``."""
     if by == "day":

@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from jobs.costs import JobCost
+
 
 class JobRecord(BaseModel):
     job_id: str
@@ -24,6 +26,11 @@ class JobRecord(BaseModel):
     flow_run_id: str | None = None
     started_at: float
     completed_at: float
+    cost: JobCost | None = Field(
+        None,
+        description="What the job cost over all its GPU-stage attempts; added by the control tier once "
+        "the stage's pods are gone (None in the record the GPU stage itself writes).",
+    )
 
 
 def result_key(job_id: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -32,6 +33,7 @@ def test_sft_deployment_stores_an_adapter_that_lowers_the_loss(ow_stack, trained
     assert after < before - 0.1, (before, after)
     assert record["metrics"]["final_loss"] is not None
     assert ow_stack.store.list(f"jobs/{job_id}/checkpoints") == []  # removed once the adapter is stored
+    assert record["cost"]["usd"] == 0 and not record["cost"]["billed"] and "local process pool" in record["cost"]["note"]
 
 
 def test_training_shows_progress_metrics_and_summary_in_the_flow_run(ow_stack, trained):
@@ -46,6 +48,19 @@ def test_training_shows_progress_metrics_and_summary_in_the_flow_run(ow_stack, t
     summaries = [a for a in ow_stack.artifacts(stage.id) if a.key and a.key.endswith("-summary")]
     assert summaries and job_id in summaries[0].data
     assert "step 1:" in ow_stack.logs(stage.id)  # the trainer's metrics reach the Prefect logs
+
+
+def test_training_logs_carry_no_library_noise(ow_stack, trained):
+    """What a person scrolls through: the trainer's steps and the job's messages, not bytecode that
+    dill disassembles to find a function's globals (datasets fingerprints its map functions that way)
+    nor progress bars redrawn with carriage returns."""
+    _, job_id, _ = trained
+    [stage] = ow_stack.gpu_stage_runs(job_id)
+    logs = ow_stack.logs(stage.id)
+    assert "step 1:" in logs and "training backend:" in logs
+    bytecode = re.compile(r"\b(LOAD_GLOBAL|LOAD_FAST|RESUME|RETURN_VALUE|CALL|PRECALL|LOAD_CONST)\b(\s+\d+)?")
+    noisy = [line for line in logs.splitlines() if bytecode.search(line) or "\r" in line]
+    assert noisy == [], noisy[:5]
 
 
 def test_identical_resubmission_is_a_cache_hit_and_starts_no_gpu_stage(ow_stack, trained, sft_params):

@@ -29,7 +29,11 @@ It speaks RunPod's REST API v2 (:mod:`infra.runpod.api`). Per flow run the worke
    after the engine has sent its last logs) before terminating it, and never lets a crash reported
    after the final state replace it; it terminates the pod at once on cancellation, and marks the run
    Crashed if the pod vanishes, stops or fails first, overruns ``max_run_hours``, or never starts the
-   run (:mod:`infra.worker.pod_outcome`).
+   run (:mod:`infra.worker.pod_outcome`);
+5. once the pod is gone, whatever the outcome, records what it cost: GPU type and count, cloud, hourly
+   price at launch, seconds from create to gone, and RunPod's billed total where ``GET
+   /v2/billing/pods`` answers (:mod:`infra.worker.pod_charge`), as a table artifact on the flow run
+   (:mod:`tasks.cost_ledger`), from which the control tier sums the job's cost.
 
 On start and every ``OW_RUNPOD_SWEEP_INTERVAL_SECONDS`` (default 60) the worker also terminates the
 pool's pods that no flow run needs any more, or that overran the bounds written on them at launch
@@ -72,6 +76,7 @@ from infra.runpod.hardware import HardwareOption, parse_allowed_hardware
 from infra.runpod.launch import GpuCatalogue, LaunchedPod, NoGpuAvailable, launch_pod
 from infra.runpod.models import PodSpec
 from infra.runpod.pod_reads import PodListCache
+from infra.worker.pod_charge import describe_charge, pod_charge, pod_created_at
 from infra.worker.pod_outcome import (
     FlowRunPhase,
     PodPhase,
@@ -91,6 +96,7 @@ from infra.worker.pod_spec import (
 )
 from infra.worker.pod_sweep import sweep_orphaned_pods
 from infra.worker.pool_settings import RunPodPodSettings
+from tasks.cost_ledger import charge_artifact
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -107,6 +113,8 @@ CATALOG_MAX_AGE_ENV = "OW_RUNPOD_CATALOG_MAX_AGE_SECONDS"
 CANCEL_SETTLE_SECONDS = 20.0
 # How long after the pod goes the worker keeps watching for a crash reported over a final state.
 FINAL_STATE_SETTLE_SECONDS = 5.0
+# How long the worker waits for RunPod's billing record of a gone pod before charging price × time.
+BILLING_READ_SECONDS = 20.0
 EVENT_PREFIX = "ow.runpod"
 
 
@@ -224,10 +232,11 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
                 (task_status or anyio.TASK_STATUS_IGNORED).started("")
                 return RunPodWorkerResult(identifier="", status_code=0)
             raise
+        created_at = pod_created_at(launched.pod.created_at if launched.pod else None, time.time())
         self._watched_pod_ids.add(launched.pod_id)
         try:
             (task_status or anyio.TASK_STATUS_IGNORED).started(launched.pod_id)
-            return await self._watch_pod(flow_run, configuration, client, launched, logger)
+            return await self._watch_pod(flow_run, configuration, client, launched, created_at, logger)
         finally:
             self._watched_pod_ids.discard(launched.pod_id)
 
@@ -432,8 +441,10 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         configuration: RunPodJobConfiguration,
         client: RunPodClient,
         launched: LaunchedPod,
+        created_at: float,
         logger: PrefectLogAdapter,
     ) -> RunPodWorkerResult:
+        """Watch pod and run until a verdict; ``created_at`` (Unix time) starts the pod's charge."""
         watch = PodWatch(pod_id=launched.pod_id, placement=launched.candidate.describe())
         launched_at = time.monotonic()
         max_run_seconds = configuration.max_run_hours * 3600 if configuration.max_run_hours else None
@@ -463,6 +474,8 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
                     time.monotonic() - launched_at,
                     logger,
                     final_state,
+                    launched=launched,
+                    created_at=created_at,
                 )
 
     async def _observe_pod(
@@ -573,8 +586,12 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         seconds_since_launch: float,
         logger: PrefectLogAdapter,
         final_state: State | None = None,
+        *,
+        launched: LaunchedPod,
+        created_at: float,
     ) -> RunPodWorkerResult:
-        """Act on a verdict: make sure the pod goes in every case (billing stops) and settle the run's state.
+        """Act on a verdict: make sure the pod goes in every case (billing stops), record what it cost
+        (from its ``launched`` placement and ``created_at``, Unix time) and settle the run's state.
 
         A finished run's pod gets ``final_state_grace_seconds`` to end itself first: terminating it
         at once kills an engine still sending its last logs, which then reports Crashed. A cancelled
@@ -583,6 +600,8 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         SIGTERM and forces Crashed, though what ended it was the user's cancellation.
         """
         pod_id = watch.pod_id
+        # A pod already seen gone (lost, or ended with its run) stopped billing at that observation.
+        gone_at = time.time() if watch.pod is PodPhase.GONE else None
         cancelled_message = f"Cancelled; the worker is terminating RunPod pod {pod_id}."
         if verdict is Verdict.CANCEL:
             await self._keep_cancelled(flow_run.id, cancelled_message)
@@ -601,6 +620,10 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
                 logger.error(
                     "Could not terminate pod %s (%s); the worker's orphan sweep will retry", pod_id, exc
                 )
+        # Before the state settles (seconds more): the control tier waits for this to close the job's cost.
+        await self._record_charge(
+            flow_run, client, launched, created_at=created_at, ended_at=gone_at or time.time(), logger=logger
+        )
         if verdict is Verdict.FLOW_RUN_FINISHED and final_state is not None and final_state.is_final():
             if final_state.type is StateType.CRASHED and seconds_since_launch >= configuration.ttl_hours * 3600:
                 # The pod's TTL watchdog ended it; its engine forced a bare Crashed. Say why.
@@ -630,6 +653,47 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         await self._propose_crashed_state(flow_run, message)
         await self._insist_on_crash(flow_run.id, message)
         return RunPodWorkerResult(identifier=pod_id, status_code=1)
+
+    async def _record_charge(
+        self,
+        flow_run: FlowRun,
+        client: RunPodClient,
+        launched: LaunchedPod,
+        *,
+        created_at: float,
+        ended_at: float,
+        logger: PrefectLogAdapter,
+    ) -> None:
+        """Write the gone pod's charge to the cost ledger (an artifact on its flow run), with RunPod's
+        billed figure where its billing endpoint answers. Best effort: never fails the run."""
+        billed = None
+        with anyio.move_on_after(BILLING_READ_SECONDS) as billing_read:
+            try:
+                billed = await anyio.to_thread.run_sync(
+                    client.pod_billing_usd, launched.pod_id, abandon_on_cancel=True
+                )
+            except Exception as exc:  # noqa: BLE001 - price × time stands in for the bill
+                logger.warning(
+                    "Cannot read RunPod's bill for pod %s (%s); charging price × time", launched.pod_id, exc
+                )
+        if billing_read.cancelled_caught:
+            logger.warning("RunPod's bill for pod %s did not come; charging price × time", launched.pod_id)
+        charge = pod_charge(
+            pod_id=launched.pod_id,
+            flow_run_id=str(flow_run.id),
+            tags=flow_run.tags or [],
+            parameters=flow_run.parameters,
+            work_pool=self._work_pool_name,
+            candidate=launched.candidate,
+            created_at=created_at,
+            ended_at=ended_at,
+            billed_usd=billed,
+        )
+        logger.info("%s", describe_charge(charge))
+        try:
+            await self.client.create_artifact(charge_artifact(charge))
+        except Exception as exc:  # noqa: BLE001 - the run's outcome matters more than its bill
+            logger.warning("Could not record the cost of pod %s in Prefect (%s)", launched.pod_id, exc)
 
     # -- orphan sweep --------------------------------------------------------------------------------
 

@@ -1,0 +1,143 @@
+"""A job's cost in its result record: added by the control tier once the job's GPU stage completed.
+
+On a ``runpod`` work pool every GPU-stage attempt of the job that got a pod (recoveries included: the
+flow runs tagged ``ow-job:<id>`` on the ``gpu-stage/<type>`` deployment with an infrastructure PID)
+has a charge in the cost ledger (:mod:`tasks.cost_ledger`), written by the worker once that pod is
+gone — up to the pool's ``final_state_grace_seconds`` after the stage reached its final state. So the
+control tier waits, bounded, for each of those pods' charges and sums them
+(:func:`jobs.costs.job_cost`); a pod whose charge never came is named in the cost's note, not guessed.
+On any other pool (the embedded default's process pool) nothing was rented: :func:`jobs.costs.local_cost`.
+
+The cost goes into the record the gpu-stage task returns (what Prefect caches, so a cache hit shows
+what the original run cost) and into ``result.json``, rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prefect import get_run_logger
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterTags,
+)
+from prefect.exceptions import ObjectNotFound
+
+from blocks.storage import load_artifact_store
+from infra.worker.pool_settings import RunPodPodSettings
+from infra.worker.runpod_worker import RunPodWorker
+from jobs.costs import JobCost, PodCharge, cost_line, job_cost, local_cost
+from jobs.records import result_key
+from jobs.tags import job_tag
+from tasks.cost_ledger import read_charges
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+
+CHARGE_POLL_SECONDS = 2.0
+# Beyond the pool's grace and one poll: the worker's terminate, its billing read (bounded at 20 s) and
+# the artifact write, on a worker that may be busy with other runs.
+CHARGE_WAIT_SLACK_SECONDS = 60.0
+
+
+def record_with_cost(
+    job_id: str, *, deployment_name: str, stage: FlowRun, job_variables: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The job's result record with its ``cost``, which is also written back to its result.json.
+
+    Never fails the job: a cost that cannot be worked out is logged and left out of the record.
+    """
+    logger = get_run_logger()
+    store = load_artifact_store()
+    record = store.read_json(result_key(job_id))
+    try:
+        with get_client(sync_client=True) as client:
+            cost = reckon_job_cost(
+                client, job_id, deployment_name=deployment_name, stage=stage, job_variables=job_variables
+            )
+    except Exception as exc:  # noqa: BLE001 - the job's outputs are complete; only the bill is unknown
+        logger.warning("Could not work out what job %s cost (%s); its record has no cost", job_id, exc)
+        return record
+    record = {**record, "cost": cost.model_dump(mode="json")}
+    store.write_json(result_key(job_id), record)
+    logger.info("job %s %s", job_id, cost_line(cost))
+    return record
+
+
+def reckon_job_cost(
+    client: SyncPrefectClient,
+    job_id: str,
+    *,
+    deployment_name: str,
+    stage: FlowRun,
+    job_variables: Mapping[str, Any],
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> JobCost:
+    """What job ``job_id`` cost over every GPU-stage attempt, once ``stage`` (its last) completed."""
+    pool_types: dict[str | None, str | None] = {}
+
+    def on_runpod(pool_name: str | None) -> bool:
+        if pool_name not in pool_types:
+            try:
+                pool_types[pool_name] = client.read_work_pool(pool_name).type if pool_name else None
+            except ObjectNotFound:
+                pool_types[pool_name] = None
+        return pool_types[pool_name] == RunPodWorker.type
+
+    if not on_runpod(stage.work_pool_name):
+        return local_cost()
+    deployment = client.read_deployment_by_name(deployment_name)
+    pool = client.read_work_pool(stage.work_pool_name)
+    deadline = clock() + charge_wait_seconds(
+        pool.base_job_template, deployment.job_variables or {}, job_variables
+    )
+    waiting_for: set[str] = set()
+    while True:
+        attempts = [
+            run
+            for run in client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[job_tag(job_id)])),
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+            )
+            if on_runpod(run.work_pool_name)
+        ]
+        charges = read_charges(client, flow_run_ids=[run.id for run in attempts])
+        missing = pods_without_charge([run.infrastructure_pid for run in attempts], charges)
+        if not missing or clock() >= deadline:
+            return job_cost(charges, missing=len(missing))
+        if missing != waiting_for:
+            get_run_logger().info(
+                "waiting for the worker to record what pod(s) %s cost", ", ".join(sorted(missing))
+            )
+            waiting_for = missing
+        sleep(CHARGE_POLL_SECONDS)
+
+
+def pods_without_charge(pod_ids: Iterable[str | None], charges: Iterable[PodCharge]) -> set[str]:
+    """The pods the attempts ran on (their infrastructure PIDs; an attempt that never got one, say
+    one still waiting for capacity when it ended, has none) whose charge is not in ``charges``."""
+    return {pod_id for pod_id in pod_ids if pod_id} - {charge.pod_id for charge in charges}
+
+
+def charge_wait_seconds(base_job_template: Mapping[str, Any], *job_variables: Mapping[str, Any]) -> float:
+    """How long after the stage ended its pods' charges may still come: the pool's
+    ``final_state_grace_seconds`` and ``poll_interval_seconds`` (later ``job_variables`` win over the
+    pool's defaults) plus :data:`CHARGE_WAIT_SLACK_SECONDS`."""
+    properties = (base_job_template.get("variables") or {}).get("properties") or {}
+
+    def setting(name: str) -> float:
+        value: Any = (properties.get(name) or {}).get("default", RunPodPodSettings.model_fields[name].default)
+        for variables in job_variables:
+            value = variables.get(name, value)
+        try:
+            return max(0.0, float(value))
+        except (TypeError, ValueError):
+            return float(RunPodPodSettings.model_fields[name].default)
+
+    return setting("final_state_grace_seconds") + setting("poll_interval_seconds") + CHARGE_WAIT_SLACK_SECONDS

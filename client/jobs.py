@@ -20,6 +20,7 @@ from typing import Any
 from prefect.client.schemas.objects import FlowRun, StateType
 
 from client import runs
+from jobs.costs import JobCost
 from jobs.registry import get_job_spec, job_types
 from jobs.tags import submission_tags
 from jobs.validation import check_inputs, validate_params
@@ -79,6 +80,15 @@ class Job:
     @property
     def model(self) -> str | None:
         return self.params.get("model")
+
+    @property
+    def cost(self) -> JobCost | None:
+        """What the job's pods cost (``cost`` in its result record; ``billed`` False on the local process
+        pool); None until it completed, or for a record written before costs were kept."""
+        key = f"jobs/{self.id}/result.json"
+        store = self._manager._store
+        cost = store.read_json(key).get("cost") if store.exists(key) else None
+        return JobCost.model_validate(cost) if cost else None
 
     def refresh(self) -> Job:
         self._manager._load(self)

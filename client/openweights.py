@@ -5,6 +5,7 @@
     training_file = ow.files.upload("train.jsonl", purpose="conversations")["id"]
     job = ow.fine_tuning.create(model=…, training_file=training_file, loss="sft", epochs=1, learning_rate=1e-4, r=32)
     job.wait(); print(job.status, job.outputs)
+    ow.costs.report(by="job_type", since="7d")   # GPU spend from the cost ledger
 
 Talks to the Prefect server at ``PREFECT_API_URL`` and to the store configured there (the
 ``ow-artifact-store`` block, ``OW_STORE_BLOCK`` or ``store_block`` to pick another).
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from client.chat import AsyncChatCompletions, ChatCompletions, RateLimiter, ResponseCache
+from client.costs import Costs
 from client.custom_jobs import registered_jobs
 from client.files import Files
 from client.jobs import JobFactory, Jobs
@@ -56,6 +58,7 @@ class OpenWeights:
         self.mmlu_pro = JobFactory(self.jobs, "eval-mmlu-pro")
         self.custom = JobFactory(self.jobs, "custom")
         self.api = Api(self)
+        self.costs = Costs()
         self._deployments: list = []
         cache = ResponseCache(Path(cache_dir) if cache_dir else ow_home() / "cache" / "chat")
         limiter = RateLimiter(requests_per_second=requests_per_second, max_concurrent=max_concurrent)

@@ -15,6 +15,9 @@ they say where a job runs, not what it computes, so the same job resubmitted on 
 another image, as a change of the pool's default image would do — is the same job and a cache hit.
 Use ``job_id_suffix`` to force a new run.
 
+A fourth, ``max_cost_usd``, is declared here once for every GPU job type: what the job may cost, which
+budgets take as its estimate (:mod:`jobs.budgets`). It is not part of the job ID either (:data:`NOT_IN_JOB_ID`).
+
 A job type's parameter model subclasses :class:`HardwareRequest` and declares the three fields last,
 with the types defined here (``allowed_hardware: AllowedHardware`` …), so the Prefect form lists the
 job's own parameters first; the descriptions, bounds and checks are written once, here.
@@ -30,6 +33,9 @@ from pydantic import BaseModel, Field, field_validator
 from infra.runpod.hardware import HardwareOption, canonical_allowed_hardware, parse_allowed_hardware
 
 PLACEMENT_FIELDS = ("allowed_hardware", "requires_vram_gb", "image")
+MAX_COST_FIELD = "max_cost_usd"
+# What a job's ID leaves out: where it runs and what it may cost say nothing about what it computes.
+NOT_IN_JOB_ID = (*PLACEMENT_FIELDS, MAX_COST_FIELD)
 
 AllowedHardware = Annotated[
     list[str],
@@ -77,6 +83,15 @@ class HardwareRequest(BaseModel):
         requires_vram_gb: float | None
         image: str | None
 
+    max_cost_usd: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="What this job may cost in USD: budgets take it as the job's estimated cost, and refuse the "
+        "job before any pod when it exceeds what a budget has left. Empty: estimated from the cheapest GPU "
+        "that fits and the job's size. It does not stop a running pod (the pool's max_run_hours does).",
+    )
+
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
@@ -86,6 +101,12 @@ class HardwareRequest(BaseModel):
                 f"{cls.__name__} must declare {', '.join(missing)} (with the types of jobs.hardware) "
                 "to be a HardwareRequest"
             )
+        # Fields declared on a base come first; the form (the flow's signature, built from model_fields)
+        # should show the job's own parameters first, so max_cost_usd moves to the end. Validation and
+        # serialisation do not depend on this order.
+        fields = dict(cls.__pydantic_fields__)
+        fields[MAX_COST_FIELD] = fields.pop(MAX_COST_FIELD)
+        cls.__pydantic_fields__ = fields
 
     @field_validator("allowed_hardware", check_fields=False)
     @classmethod

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from jobs.datasets import RowValidator
-from jobs.hardware import PLACEMENT_FIELDS, HardwareRequest
+from jobs.hardware import NOT_IN_JOB_ID, HardwareRequest
 from jobs.identity import compute_job_id, source_digest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -91,10 +91,11 @@ class JobSpec:
 def identity_params(params: BaseModel) -> dict[str, Any]:
     """The parameters a job ID covers: every field with its default filled in, except the hardware request.
 
-    ``allowed_hardware``, ``requires_vram_gb`` and ``image`` (:mod:`jobs.hardware`) say where the job
-    runs, not what it computes: the same job on other hardware is the same job, and a cache hit.
+    ``allowed_hardware``, ``requires_vram_gb``, ``image`` and ``max_cost_usd`` (:mod:`jobs.hardware`) say
+    where the job runs and what it may cost, not what it computes: the same job on other hardware, or
+    with another cost cap, is the same job, and a cache hit.
     """
-    hardware = set(PLACEMENT_FIELDS) if isinstance(params, HardwareRequest) else set()
+    hardware = set(NOT_IN_JOB_ID) if isinstance(params, HardwareRequest) else set()
     return params.model_dump(mode="json", exclude=hardware)
 
 

@@ -94,9 +94,10 @@ def test_ow_ls_logs_fetch_and_cancel(ow, ow_stack, trained_sft, tmp_path):
     listed = run_ow("ls", "--limit", "200")
     assert listed.returncode == 0, listed.stderr
     header, *rows = listed.stdout.splitlines()
-    assert header.split() == ["JOB", "ID", "TYPE", "STATUS", "MODEL", "AGE"]
+    assert header.split() == ["JOB", "ID", "TYPE", "STATUS", "MODEL", "AGE", "COST"]
     mine = [row for row in rows if row.startswith(job_id)]
     assert mine and mine[0].split()[1:3] == ["finetune", "completed"]
+    assert mine[0].endswith("$0 (local)")  # the process pool rents no GPU
     only_failed = run_ow("ls", "--status", "failed", "--limit", "200")
     assert job_id not in only_failed.stdout
 
@@ -119,7 +120,7 @@ def test_ow_ls_logs_fetch_and_cancel(ow, ow_stack, trained_sft, tmp_path):
 def test_ow_help_is_accurate_for_every_subcommand():
     top = run_ow("--help")
     assert top.returncode == 0
-    for command in ("files", "ls", "cancel", "logs", "fetch", "ttl", "dev-pod"):
+    for command in ("files", "ls", "costs", "budgets", "cancel", "logs", "fetch", "ttl", "dev-pod"):
         assert command in top.stdout
         sub = run_ow(command, "--help")
         assert sub.returncode == 0, (command, sub.stderr)

@@ -14,6 +14,8 @@ from infra.runpod.hardware import (
     parse_hardware,
 )
 from jobs.hardware import (
+    MAX_COST_FIELD,
+    NOT_IN_JOB_ID,
     PLACEMENT_FIELDS,
     HardwareRequest,
     describe_hardware_request,
@@ -147,13 +149,36 @@ def test_canonical_strings_name_runpod_ids_and_parse_back_to_the_same_choices(en
 # -- the job fields ------------------------------------------------------------------------------
 
 
-def test_every_gpu_job_type_takes_the_hardware_request_last_and_described():
+def test_every_gpu_job_type_takes_the_hardware_request_and_max_cost_last_and_described():
     assert set(job_types()) == set(MINIMAL_PARAMS)
     for job_type in job_types():
         model = get_job_spec(job_type).params_model
         assert issubclass(model, HardwareRequest), job_type
-        assert tuple(model.model_fields)[-len(PLACEMENT_FIELDS):] == PLACEMENT_FIELDS, job_type
-        assert all(model.model_fields[name].description for name in PLACEMENT_FIELDS), job_type
+        assert tuple(model.model_fields)[-len(NOT_IN_JOB_ID):] == (*PLACEMENT_FIELDS, MAX_COST_FIELD), job_type
+        assert all(model.model_fields[name].description for name in NOT_IN_JOB_ID), job_type
+
+
+def test_the_flow_form_lists_max_cost_after_the_job_own_parameters():
+    from flows.job_flow import signature_from_model
+
+    names = list(signature_from_model(get_job_spec("finetune").params_model).parameters)
+    assert names[0] == "model" and names[-1] == MAX_COST_FIELD
+
+
+@pytest.mark.parametrize("job_type", sorted(MINIMAL_PARAMS))
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (0, "max_cost_usd: Input should be greater than 0"),
+        (-5, "max_cost_usd: Input should be greater than 0"),
+        (float("nan"), "max_cost_usd: Input should be a finite number"),
+        ("lots", "max_cost_usd: Input should be a valid number"),
+    ],
+)
+def test_a_bad_max_cost_fails_validation_naming_the_field(job_type, value, problem):
+    with pytest.raises(InvalidJobError) as raised:
+        validate_params(get_job_spec(job_type), {**MINIMAL_PARAMS[job_type], MAX_COST_FIELD: value})
+    assert any(problem in line for line in raised.value.problems), raised.value.problems
 
 
 def test_a_job_model_missing_a_hardware_field_is_refused_when_defined():
@@ -210,6 +235,16 @@ def test_the_hardware_request_does_not_change_the_job_id(job_type):
     )
     assert spec.job_id(placed, [CONVERSATIONS]) == spec.job_id(plain, [CONVERSATIONS])
     assert not set(PLACEMENT_FIELDS) & set(identity_params(placed))
+
+
+@pytest.mark.parametrize("job_type", sorted(MINIMAL_PARAMS))
+def test_max_cost_does_not_change_the_job_id(job_type):
+    spec = get_job_spec(job_type)
+    plain = validate_params(spec, MINIMAL_PARAMS[job_type])
+    capped = validate_params(spec, {**MINIMAL_PARAMS[job_type], MAX_COST_FIELD: 12.5})
+    assert capped.max_cost_usd == 12.5
+    assert spec.job_id(capped, [CONVERSATIONS]) == spec.job_id(plain, [CONVERSATIONS])
+    assert MAX_COST_FIELD not in identity_params(capped)
 
 
 def test_a_real_parameter_still_changes_the_job_id():

@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_FLAGS := -q --disable-pip-version-check
 
+# Where a new terminal's Prefect reads its profiles, taken before PREFECT_HOME is set below (that one
+# is the project's own): `make start`/`make demo` save the profile ow-local there and make it active.
+export OW_PREFECT_PROFILES_PATH := $(or $(PREFECT_PROFILES_PATH),$(or $(PREFECT_HOME),$(HOME)/.prefect)/profiles.toml)
 # Local state of the embedded default (Prefect's SQLite database, the artifact store, logs, pid files).
 export OW_HOME ?= $(CURDIR)/.ow
 export PREFECT_HOME ?= $(OW_HOME)/prefect
@@ -21,11 +24,12 @@ export TOKENIZERS_PARALLELISM ?= false
 # and much of an end-to-end test is waiting on them, so two overlap well even on two cores.
 TEST_WORKERS ?= 2
 
-.PHONY: help install demo test stop lint lock clean
+.PHONY: help install demo start test stop lint lock clean
 
 help:
 	@echo "make demo   - set up, start Prefect + a worker, fine-tune the tiny model through finetune/sft, resubmit (cache hit)"
 	@echo "make test   - set up and run the whole test suite"
+	@echo "make start  - start (or reuse) Prefect + the workers and deployments, without the demo"
 	@echo "make stop   - stop the Prefect server and workers that make demo started"
 	@echo "make lint   - ruff"
 	@echo "make lock   - re-resolve dependencies and rewrite constraints.txt"
@@ -42,6 +46,9 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/python scripts/demo.py
+
+start: install
+	$(BIN)/python scripts/services.py start
 
 test: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile

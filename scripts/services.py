@@ -4,8 +4,13 @@
     python scripts/services.py stop
     python scripts/services.py status
 
-State lives under $OW_HOME (the Makefile sets it to ./.ow): the SQLite database in prefect/,
-logs in logs/, pid files in run/, the artifact store in store/.
+State lives under $OW_HOME (default: the project's .ow, as under the Makefile): the SQLite
+database in prefect/, logs in logs/, pid files in run/, the artifact store in store/.
+
+`start` also saves the Prefect profile ow-local (this server's API URL, analytics off, never a
+temporary server) and makes it the active one, so `prefect …` and `ow …` in a new terminal use
+this server. It lands in $OW_PREFECT_PROFILES_PATH when set (the Makefile sets it: the PREFECT_HOME
+it exports is the project's own, not the one a new terminal reads), else in Prefect's profiles file.
 """
 
 from __future__ import annotations
@@ -15,15 +20,17 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from infra.local import stack as local_stack  # noqa: E402
 
-OW_HOME = Path(os.environ.get("OW_HOME") or Path.home() / ".ow")
+OW_HOME = Path(os.environ.get("OW_HOME") or ROOT / ".ow")
 RUN_DIR = OW_HOME / "run"
 LOG_DIR = OW_HOME / "logs"
 PORT = int(os.environ.get("OW_PREFECT_PORT", "4200"))
 API_URL = os.environ.get("PREFECT_API_URL") or local_stack.api_url(PORT)
+PROFILES_PATH = os.environ.get("OW_PREFECT_PROFILES_PATH")
 WORKERS = {
     "control": (local_stack.CONTROL_POOL, "process"),
     "gpu": (local_stack.GPU_POOL, "process"),
@@ -50,6 +57,8 @@ def _write_pid(name: str, pid: int) -> None:
 
 def start() -> None:
     os.environ["PREFECT_API_URL"] = API_URL
+    os.environ["OW_HOME"] = str(OW_HOME)  # the store block's default directory and the workers' state
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's SDK telemetry, here and in the workers
     if local_stack.is_healthy(API_URL):
         print(f"Prefect server: already running at {API_URL}")
     else:
@@ -84,6 +93,14 @@ def start() -> None:
 
     local_stack.deploy_project(env=env)
     print("deployments: created from prefect.yaml")
+
+    profiles, previous = local_stack.activate_local_profile(
+        API_URL, Path(PROFILES_PATH).expanduser() if PROFILES_PATH else None
+    )
+    print(
+        f"Prefect profile {local_stack.LOCAL_PROFILE} is active ({profiles}): new terminals use this server; "
+        f"`prefect profile use {previous}` switches back"
+    )
 
 
 def stop() -> None:

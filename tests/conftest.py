@@ -27,8 +27,9 @@ os.environ.update(
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
-        # The RunPod SDK reads ~/.runpod at import; keep it away from the real home.
+        # Nothing a test runs may read or write the real user's dot-files (Prefect profiles above all).
         "HOME": str(SESSION_HOME / "home"),
+        "OW_PREFECT_PROFILES_PATH": str(SESSION_HOME / "home" / ".prefect" / "profiles.toml"),
     }
 )
 (SESSION_HOME / "home").mkdir(parents=True, exist_ok=True)
@@ -40,4 +41,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.jobs",
     "tests.fixtures.runpod",
+    "tests.fixtures.production",
 ]

@@ -192,6 +192,7 @@ def worker_env(base_env: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("PREFECT_WORKER_PREFETCH_SECONDS", "5")
     env.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "compute")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("DO_NOT_TRACK", "1")  # Prefect's SDK telemetry, in the workers and their flow runs
     # A run cancelled while still Pending (picked up, process not started) has nobody else to end it:
     # without this, it stays Cancelling. Prefect's worker handles it when asked to.
     env.setdefault("PREFECT_WORKER_ENABLE_CANCELLATION", "true")
@@ -232,6 +233,48 @@ def ensure_process_pool(name: str, concurrency_limit: int | None = None) -> bool
         except ObjectAlreadyExists:
             return False
     return True
+
+
+LOCAL_PROFILE = "ow-local"
+# The profile Prefect makes active on a fresh installation (its bundled profiles.toml).
+PREFECT_DEFAULT_PROFILE = "ephemeral"
+
+
+def local_profile_settings(url: str) -> dict[str, str]:
+    """What a client of the embedded default at ``url`` needs: the URL, analytics off, and never a
+    temporary server (Prefect's default profile starts one, with an empty database, when no URL is set)."""
+    return {
+        "PREFECT_API_URL": url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_ENABLED": "false",
+    }
+
+
+def activate_local_profile(url: str, profiles_path: Path | None = None) -> tuple[Path, str]:
+    """Save the Prefect profile ``ow-local`` (:func:`local_profile_settings`) and make it the active one,
+    so that ``prefect`` and ``ow`` in any new shell reach the server at ``url``.
+
+    ``profiles_path`` is the profiles file to update (default: the current one, from ``PREFECT_HOME``
+    or ``PREFECT_PROFILES_PATH``); its other profiles are kept. Written through Prefect's own profile
+    API, as ``prefect profile create`` / ``prefect profile use`` do. Returns the file and the profile
+    to switch back to with ``prefect profile use``.
+    """
+    from contextlib import nullcontext
+
+    from prefect.settings import PREFECT_PROFILES_PATH, get_current_settings, temporary_settings
+    from prefect.settings.profiles import load_profiles, save_profiles
+
+    override = temporary_settings(updates={PREFECT_PROFILES_PATH: profiles_path}) if profiles_path else nullcontext()
+    with override:
+        profiles = load_profiles()
+        previous = profiles.active_name
+        profiles.update_profile(LOCAL_PROFILE, local_profile_settings(url))
+        profiles.set_active(LOCAL_PROFILE)
+        save_profiles(profiles)
+        written = get_current_settings().profiles_path
+    if previous in (None, LOCAL_PROFILE):
+        previous = PREFECT_DEFAULT_PROFILE
+    return written, previous
 
 
 def deploy_project(env: dict[str, str] | None = None, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:

@@ -25,6 +25,8 @@ POD_START_TIMEOUT_SECONDS_MAX = 24 * 3600.0
 SWEEP_INTERVAL_SECONDS_MAX = 3600.0
 # 1 hour: the watchdog may overrun the TTL by up to one check interval.
 TTL_CHECK_SECONDS_MAX = 3600.0
+# 1 hour: the TTL warning's lead; a checkpoint that takes longer to store is no checkpoint to wait for.
+TTL_WARNING_SECONDS_MAX = 3600.0
 
 
 def _allowed(maximum: float, allow_zero: bool) -> str:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
+from infra.pod import ttl
 from infra.runpod import dev_pod
 from infra.runpod.api import RunPodClient
 from infra.runpod.models import PodSpec
@@ -87,6 +91,99 @@ def test_outside_a_pod_the_entrypoint_exits_with_the_commands_status(tmp_path):
     )
     assert result.returncode == 3, result.stderr
     assert (tmp_path / "shutdown.txt").exists()
+
+
+# What `prefect flow-run execute` does: it starts the flow run's engine in a session of its own, waits
+# for it, and dies at once at a SIGTERM. The engine, like training, stops cleanly when told to: it
+# stores its work first (half a second here), then exits.
+SUPERVISOR = """
+import subprocess, sys
+engine = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], start_new_session=True)
+sys.exit(engine.wait())
+"""
+ENGINE = """
+import os, signal, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+told = []
+signal.signal(signal.SIGTERM, lambda *_: told.append("SIGTERM"))
+(out / "engine.pid").write_text(str(os.getpid()))
+while not told:
+    time.sleep(0.05)
+time.sleep(0.5)
+(out / "checkpoint").write_text("saved after " + told[0])
+sys.exit(7)
+"""
+
+
+def outside_a_pod(home: Path, **env: str) -> dict[str, str]:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("RUNPOD_")}
+    environment.update(HOME=str(home), **env)
+    return environment
+
+
+def run_supervised_engine(tmp_path: Path, env: dict[str, str], signal_entrypoint: bool):
+    """The entrypoint running SUPERVISOR; SIGTERM it once the engine runs if asked; (status, stderr)."""
+    command = [sys.executable, "-c", SUPERVISOR, ENGINE, str(tmp_path)]
+    log = tmp_path / "entrypoint.log"  # a file, not a pipe: a lost engine would hold a pipe open
+    with open(log, "w") as stderr:
+        entrypoint = subprocess.Popen(
+            [sys.executable, "-m", "infra.pod.entrypoint", "--", *command], env=env, stderr=stderr
+        )
+    engine_pid = tmp_path / "engine.pid"
+    try:
+        deadline = time.monotonic() + 30
+        while not engine_pid.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine_pid.exists(), "the engine did not start"
+        if signal_entrypoint:
+            entrypoint.send_signal(signal.SIGTERM)  # what `docker stop` does: PID 1 only
+        status = entrypoint.wait(timeout=30)
+        return status, log.read_text()
+    finally:
+        entrypoint.kill()
+        if engine_pid.exists():  # an engine nobody told to stop outlives the test otherwise
+            try:
+                os.kill(int(engine_pid.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_sigterm_to_the_entrypoint_reaches_the_engine_its_command_runs_in_another_session(tmp_path):
+    status, stderr = run_supervised_engine(tmp_path, outside_a_pod(tmp_path, OW_TTL_CHECK_SECONDS="60"), True)
+    assert (tmp_path / "checkpoint").read_text() == "saved after SIGTERM", stderr
+    assert status == 7, stderr  # the command ended as its engine did, and only then the entrypoint
+
+
+def test_the_ttl_warning_tells_the_engine_to_stop_before_the_deadline(tmp_path):
+    env = outside_a_pod(
+        tmp_path, TTL_HOURS="0.002", OW_TTL_WARNING_SECONDS="4", OW_TTL_CHECK_SECONDS="0.2"
+    )  # a 7.2 s TTL, warned about 4 s ahead
+    status, stderr = run_supervised_engine(tmp_path, env, False)
+    saved_at = (tmp_path / "checkpoint").stat().st_mtime
+    assert (tmp_path / "checkpoint").read_text() == "saved after SIGTERM", stderr
+    assert saved_at < ttl.read_deadline(tmp_path / "shutdown.txt").timestamp()
+    assert status == 7, stderr
+    assert "TTL warning: this pod shuts down at" in stderr
+    assert "sending SIGTERM to the flow-run command" in stderr
+
+
+def test_a_pod_whose_command_stops_at_the_ttl_warning_ends_itself_before_its_ttl(runpod_emulator):
+    saves_and_exits = python(
+        "import os, signal, time; "
+        "signal.signal(signal.SIGTERM, lambda *_: (open(os.path.expanduser('~/saved'), 'w').write('work'), os._exit(0))); "
+        "time.sleep(120)"
+    )
+    pod_id = start_pod(
+        runpod_emulator, saves_and_exits, TTL_HOURS="0.003", OW_TTL_WARNING_SECONDS="6"
+    )  # a 10.8 s TTL, warned about 6 s ahead
+    pod = runpod_emulator.all_pods[pod_id]
+    runpod_emulator.wait_until(lambda: pod.status == "TERMINATED", 30, "the pod to end itself")
+    assert pod.terminated_by == "pod"
+    assert (pod.home / "saved").read_text() == "work"
+    log = runpod_emulator.container_log(pod_id)
+    assert "TTL warning" in log and "the flow-run command finished after the TTL warning stopped it" in log
+    assert "TTL expired" not in log
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 
 from infra.bounds import DEFAULT_TTL_HOURS
 from infra.pod import ttl
-from infra.pod.ttl_watchdog import DEFAULT_CHECK_SECONDS, TtlWatchdog
+from infra.pod.ttl_watchdog import DEFAULT_CHECK_SECONDS, DEFAULT_WARNING_SECONDS, TtlWatchdog
 
 NOON = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -264,6 +264,88 @@ def test_a_failed_termination_is_retried_at_the_next_check(tmp_path):
     assert len(calls) == 3
 
 
+# -- the TTL warning: the flow-run command is told to stop (and checkpoint) before the pod is ended --
+
+
+def warned_watchdog(path: Path, clock: FakeClock, ttl_hours: float = 1, warning_s: float = 300):
+    warnings: list[str] = []
+    ends: list[str] = []
+
+    def end_pod(reason: str) -> bool:
+        ends.append(reason)
+        return True
+
+    dog = TtlWatchdog(
+        shutdown_file=path,
+        ttl_hours=ttl_hours,
+        check_interval_s=0.01,
+        end_pod=end_pod,
+        warning_s=warning_s,
+        on_warning=warnings.append,
+        clock=clock,
+    )
+    return dog, warnings, ends
+
+
+def test_the_watchdog_warns_once_minutes_before_the_deadline_then_ends_the_pod_at_it(tmp_path, caplog):
+    clock = FakeClock(NOON)
+    dog, warnings, ends = warned_watchdog(tmp_path / "shutdown.txt", clock)
+    dog.initialize()
+    clock.now = NOON + dt.timedelta(minutes=54, seconds=59)
+    assert dog.check_once() is False and warnings == []
+    clock.now = NOON + dt.timedelta(minutes=55)
+    assert dog.check_once() is False
+    assert warnings == ["TTL warning: this pod shuts down at 2030-01-01T13:00:00+00:00 (in 0h 05m)"]
+    assert "TTL warning" in caplog.text and "--extend" in caplog.text
+    clock.now = NOON + dt.timedelta(minutes=58)
+    assert dog.check_once() is False and len(warnings) == 1  # a second SIGTERM would cut the checkpoint short
+    clock.now = NOON + hours(1)
+    assert dog.check_once() is True
+    assert len(warnings) == 1 and ends == ["TTL expired at 2030-01-01T13:00:00+00:00"]
+
+
+def test_a_watchdog_that_checks_only_after_the_deadline_still_warns_before_ending_the_pod(tmp_path):
+    clock = FakeClock(NOON)
+    dog, warnings, ends = warned_watchdog(tmp_path / "shutdown.txt", clock)
+    dog.initialize()
+    clock.now = NOON + hours(2)
+    assert dog.check_once() is True
+    assert len(warnings) == 1 and len(ends) == 1
+
+
+def test_an_extended_deadline_is_warned_about_again_before_it_passes(tmp_path):
+    clock = FakeClock(NOON)
+    path = tmp_path / "shutdown.txt"
+    dog, warnings, _ = warned_watchdog(path, clock)
+    dog.initialize()
+    clock.now = NOON + dt.timedelta(minutes=56)
+    dog.check_once()
+    ttl.write_deadline(path, NOON + hours(3))  # `ow ttl --extend 2` after the warning
+    clock.now = NOON + dt.timedelta(minutes=59)
+    assert dog.check_once() is False and len(warnings) == 1
+    clock.now = NOON + hours(3) - dt.timedelta(minutes=4)
+    assert dog.check_once() is False and len(warnings) == 2
+
+
+def test_a_ttl_that_fits_in_the_warning_window_gets_no_warning(tmp_path):
+    # A 4-minute pod warned 5 minutes ahead would be told to stop as it starts.
+    clock = FakeClock(NOON)
+    dog, warnings, ends = warned_watchdog(tmp_path / "shutdown.txt", clock, ttl_hours=4 / 60)
+    dog.initialize()
+    clock.now = NOON + dt.timedelta(minutes=3)
+    assert dog.check_once() is False and warnings == []
+    clock.now = NOON + dt.timedelta(minutes=4)
+    assert dog.check_once() is True and warnings == [] and len(ends) == 1
+
+
+def test_a_warning_of_zero_seconds_turns_the_warning_off(tmp_path):
+    clock = FakeClock(NOON)
+    dog, warnings, ends = warned_watchdog(tmp_path / "shutdown.txt", clock, warning_s=0)
+    dog.initialize()
+    clock.now = NOON + hours(1)
+    assert dog.check_once() is True and warnings == [] and len(ends) == 1
+
+
 # -- watchdog settings: a bad value falls back to the default, never crashes, never drops the TTL -----
 
 
@@ -302,6 +384,19 @@ def test_an_unusable_check_interval_logs_it_and_uses_the_default_interval(home, 
     assert dog.check_interval_s == DEFAULT_CHECK_SECONDS
     (error,) = [record for record in caplog.records if record.levelname == "ERROR"]
     assert "OW_TTL_CHECK_SECONDS" in error.getMessage() and repr(value) in error.getMessage()
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e8", "3601", "-1", "abc"])
+def test_an_unusable_warning_time_logs_it_and_uses_the_default(home, caplog, value):
+    dog = TtlWatchdog.from_environment(end_pod=never_ends, environ={"OW_TTL_WARNING_SECONDS": value})
+    assert dog.warning_s == DEFAULT_WARNING_SECONDS == 300
+    (error,) = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert "OW_TTL_WARNING_SECONDS" in error.getMessage() and repr(value) in error.getMessage()
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", 300.0), ("0", 0.0), ("600", 600.0), ("3600", 3600.0)])
+def test_a_usable_warning_time_is_taken_as_given(home, value, expected):
+    assert TtlWatchdog.from_environment(end_pod=never_ends, environ={"OW_TTL_WARNING_SECONDS": value}).warning_s == expected
 
 
 def test_a_deadline_written_far_in_the_future_by_hand_is_still_honoured(home):

@@ -10,6 +10,7 @@ from transformers import TrainerCallback
 
 from compute.reporting import Reporter
 from compute.training.checkpoints import CheckpointStore
+from compute.training.stop_request import StopRequest
 
 
 class ReportingCallback(TrainerCallback):
@@ -70,6 +71,29 @@ class CheckpointSyncCallback(TrainerCallback):
         self._last_save = time.monotonic()
         self.reporter.event("checkpoint.saved", {"step": state.global_step, "uri": uri})
         self.reporter.log(f"checkpoint at step {state.global_step} saved to {uri}")
+
+
+class StopRequestCallback(TrainerCallback):
+    """Once a stop is requested (:mod:`compute.training.stop_request`), ends training at the next
+    step end with a checkpoint of that step, which :class:`CheckpointSyncCallback` uploads.
+
+    It must come after :class:`CheckpointSyncCallback`, which skips the checkpoint of the last step:
+    a stopped run never gets to store its final adapter, so that checkpoint is kept too.
+    """
+
+    def __init__(self, stop: StopRequest, reporter: Reporter):
+        self.stop = stop
+        self.reporter = reporter
+        self._stopping = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop.requested and not self._stopping:
+            self._stopping = True
+            self.reporter.log(f"{self.stop.reason}: saving a checkpoint at step {state.global_step}, then stopping")
+            self.reporter.event("training.stopping", {"step": state.global_step, "reason": self.stop.reason})
+            control.should_save = True
+            control.should_training_stop = True
+        return control
 
 
 class LogProbabilityCallback(TrainerCallback):

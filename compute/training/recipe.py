@@ -22,8 +22,10 @@ from compute.training.callbacks import (
     LogProbabilityCallback,
     ReportingCallback,
     SamplingCallback,
+    StopRequestCallback,
 )
 from compute.training.checkpoints import CheckpointStore
+from compute.training.stop_request import StopRequest, run_until_stopped
 from jobs.finetune import TrainingConfig
 from jobs.model_refs import ResolvedModel
 from store.artifact_store import ArtifactStore
@@ -71,6 +73,7 @@ class FinetuneRecipe:
         self.inputs = inputs
         self.checkpoints = CheckpointStore(inputs.store, inputs.job_prefix)
         self.reporting = ReportingCallback(inputs.reporter)
+        self.stop = StopRequest()  # set by a SIGTERM while training; see compute.training.stop_request
         self.resume_dir: Path | None = None
         self.resumed_from_step = 0
         self.trainer = None
@@ -92,6 +95,7 @@ class FinetuneRecipe:
         callbacks = [
             self.reporting,
             CheckpointSyncCallback(self.checkpoints, self.inputs.reporter, self.config.checkpoint_interval_minutes),
+            StopRequestCallback(self.stop, self.inputs.reporter),  # after the sync: it may re-enable a save
             *self._evaluation_callbacks(),
         ]
         self.trainer = build_trainer(
@@ -116,8 +120,12 @@ class FinetuneRecipe:
             self.inputs.reporter.event("training.resumed", {"step": step})
 
     def train(self) -> None:
+        """Train to the end; told to stop (SIGTERM) on the way, checkpoint the step reached and end as told."""
         started = time.monotonic()
-        self.train_result = self.trainer.train(resume_from_checkpoint=str(self.resume_dir) if self.resume_dir else None)
+        resume = str(self.resume_dir) if self.resume_dir else None
+        self.train_result = run_until_stopped(
+            lambda: self.trainer.train(resume_from_checkpoint=resume), self.stop, self.inputs.reporter.log
+        )
         self.wall_seconds = time.monotonic() - started
 
     def save(self) -> FinetuneOutputs:

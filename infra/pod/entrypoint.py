@@ -11,6 +11,10 @@ the entrypoint does not start the flow run a second time; it ends the pod and th
 run as crashed.
 
 Outside RunPod (no ``RUNPOD_POD_ID``) it runs the command and exits with its status.
+
+Told to stop (SIGTERM/SIGINT from outside, or the TTL watchdog's warning some minutes before the
+deadline), it passes SIGTERM on to the processes the command started, so the flow run's engine
+gets it and training stores a checkpoint before the pod goes (:mod:`compute.training.stop_request`).
 """
 
 from __future__ import annotations
@@ -68,24 +72,51 @@ def start_ssh_server(public_key: str | None) -> bool:
     return started
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (its children first), read from ``/proc``; [] where there is none."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        # "pid (name) state ppid ...": the name may hold spaces and parentheses, so split after it.
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry))
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        below = children.get(queue.pop(0), [])
+        found.extend(below)
+        queue.extend(below)
+    return found
+
+
 class _ChildRunner:
-    """Runs the command as a child and passes SIGTERM/SIGINT on to it (``docker stop`` signals PID 1 only)."""
+    """Runs the command as a child and passes SIGTERM/SIGINT on (``docker stop`` signals PID 1 only)."""
 
     def __init__(self, command: Sequence[str]):
         self.command = list(command)
         self.stopped_from_outside = False
+        self.stopped_at_ttl_warning = False
+        self._child: subprocess.Popen | None = None
 
     def run(self) -> int:
         try:
-            child = subprocess.Popen(self.command)
+            child = self._child = subprocess.Popen(self.command)
         except OSError as exc:  # e.g. the image lacks the program: end the pod, do not crash-loop
             logger.error("Cannot start %s: %s", self.command[0], exc)
             return 127
 
         def forward(signum: int, _frame: object) -> None:
             self.stopped_from_outside = True
-            if child.poll() is None:
-                child.send_signal(signum)
+            self.signal_command(signum)
 
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -93,6 +124,34 @@ class _ChildRunner:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def signal_command(self, signum: int) -> None:
+        """Send ``signum`` to the processes the command started, or to the command if it started none.
+
+        ``prefect flow-run execute`` runs the flow run's engine in a process of its own session and
+        dies at a SIGTERM (unless ``PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR`` is set, which we do
+        not set): signalled alone, it would leave the engine to be killed with the container before
+        training stores its checkpoint. Signalled directly, the engine stops (checkpoint, then the
+        run's crash report) and the command exits as it does whenever its engine ends.
+        """
+        child = self._child
+        if child is None or child.returncode is not None:
+            return
+        for pid in descendants(child.pid) or [child.pid]:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:  # ended meanwhile
+                pass
+
+    def stop_at_ttl_warning(self, reason: str) -> None:
+        """The TTL watchdog's warning: SIGTERM the command so training checkpoints before the pod ends."""
+        child = self._child
+        if child is None or child.returncode is not None:
+            logger.warning("%s; no command is running to stop", reason)
+            return
+        logger.warning("%s; sending SIGTERM to the flow-run command so it stores its work first", reason)
+        self.stopped_at_ttl_warning = True
+        self.signal_command(signal.SIGTERM)
 
 
 def end_pod_and_wait(own_pod: OwnPod, reason: str) -> None:
@@ -118,7 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.warning(
             "Not in a RunPod pod (RUNPOD_POD_ID/RUNPOD_API_KEY unset): the TTL cannot end anything"
         )
-    TtlWatchdog.from_environment(end_pod=own_pod.end if own_pod else (lambda reason: False)).start()
+    runner = _ChildRunner(command)
+    TtlWatchdog.from_environment(
+        end_pod=own_pod.end if own_pod else (lambda reason: False),
+        on_warning=None if args.dev else runner.stop_at_ttl_warning,  # a dev pod's warning is only logged
+    ).start()
 
     if args.dev:
         start_ssh_server(os.environ.get("PUBLIC_KEY"))
@@ -136,14 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         marker.touch()
 
-    runner = _ChildRunner(command)
     status = runner.run()
     logger.info("Command exited with status %s", status)
     if own_pod is None or runner.stopped_from_outside:
         # Stopped from outside (RunPod stopping or terminating the pod): the container is going away
         # and will not be restarted, so exiting is right and ending the pod again is pointless.
         return status
-    end_pod_and_wait(own_pod, f"the flow-run command finished (exit status {status})")
+    stopped = " after the TTL warning stopped it" if runner.stopped_at_ttl_warning else ""
+    end_pod_and_wait(own_pod, f"the flow-run command finished{stopped} (exit status {status})")
     return status  # unreachable in a pod: end_pod_and_wait waits for the kill
 
 

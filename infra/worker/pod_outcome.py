@@ -141,3 +141,36 @@ def crash_message(
             f"(last known status {last_status}); it was terminated."
         )
     raise ValueError(f"verdict {verdict} does not crash a run")
+
+
+def ended_by_ttl(seconds_since_launch: float, ttl_hours: float, pod_env: dict[str, str | None]) -> bool:
+    """Whether a run whose engine crashed ``seconds_since_launch`` after launch was ended by its pod's TTL.
+
+    The watchdog warns ``OW_TTL_WARNING_SECONDS`` before the deadline (the flow-run command gets SIGTERM
+    and training checkpoints), so a run stopped by the warning ends up to that long, plus one check
+    interval, before the TTL. It is the TTL all the same, a bound the user set: another pod would end
+    the same way, so such a run is not recovered. A TTL too short for a warning gets none. Pure.
+    """
+    from infra.bounds import TTL_CHECK_SECONDS_MAX, TTL_WARNING_SECONDS_MAX, parse_bounded_positive
+    from infra.pod.ttl_watchdog import DEFAULT_CHECK_SECONDS, DEFAULT_WARNING_SECONDS
+
+    ttl_s = ttl_hours * 3600
+    try:
+        warning_s = parse_bounded_positive(
+            pod_env.get("OW_TTL_WARNING_SECONDS"),
+            name="OW_TTL_WARNING_SECONDS",
+            default=DEFAULT_WARNING_SECONDS,
+            maximum=TTL_WARNING_SECONDS_MAX,
+            allow_zero=True,
+        )
+        check_s = parse_bounded_positive(
+            pod_env.get("OW_TTL_CHECK_SECONDS"),
+            name="OW_TTL_CHECK_SECONDS",
+            default=DEFAULT_CHECK_SECONDS,
+            maximum=TTL_CHECK_SECONDS_MAX,
+        )
+    except ValueError:  # the watchdog falls back to its defaults for a bad value, and so do we
+        warning_s, check_s = DEFAULT_WARNING_SECONDS, DEFAULT_CHECK_SECONDS
+    if warning_s and ttl_s > warning_s:
+        return seconds_since_launch >= ttl_s - warning_s - check_s
+    return seconds_since_launch >= ttl_s

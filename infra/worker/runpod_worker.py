@@ -84,6 +84,7 @@ from infra.worker.pod_outcome import (
     Verdict,
     crash_message,
     decide,
+    ended_by_ttl,
     flow_run_phase,
     pod_phase,
 )
@@ -625,12 +626,16 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             flow_run, client, launched, created_at=created_at, ended_at=gone_at or time.time(), logger=logger
         )
         if verdict is Verdict.FLOW_RUN_FINISHED and final_state is not None and final_state.is_final():
-            if final_state.type is StateType.CRASHED and seconds_since_launch >= configuration.ttl_hours * 3600:
-                # The pod's TTL watchdog ended it; its engine forced a bare Crashed. Say why.
+            if final_state.type is StateType.CRASHED and ended_by_ttl(
+                seconds_since_launch, configuration.ttl_hours, configuration.env
+            ):
+                # The pod's TTL watchdog stopped the command at its warning (training checkpointed) or
+                # ended the pod; the engine forced a bare Crashed. Say why: a TTL is not recovered.
                 await self._insist_on_crash(
                     flow_run.id,
-                    f"RunPod pod {pod_id} reached its TTL of {configuration.ttl_hours:g} h (ttl_hours) and "
-                    f"terminated itself; the flow run was cut off ({final_state.message or 'no message'}).",
+                    f"RunPod pod {pod_id} reached its TTL of {configuration.ttl_hours:g} h (ttl_hours; the run is "
+                    f"stopped at the TTL warning, OW_TTL_WARNING_SECONDS before it); the flow run was cut off "
+                    f"({final_state.message or 'no message'}).",
                 )
             else:
                 await self._keep_final_state(flow_run.id, final_state, logger)

@@ -20,7 +20,7 @@ from client.chat import AsyncChatCompletions, ChatCompletions, RateLimiter, Resp
 from client.costs import Costs
 from client.custom_jobs import registered_jobs
 from client.files import Files
-from client.jobs import JobFactory, Jobs
+from client.jobs import Job, JobFactory, Jobs
 
 
 class _Namespace:
@@ -45,6 +45,17 @@ class Api:
         return self._ow._track(MultiDeployment(models, **serve_options))
 
 
+class WeightedSftJobs(JobFactory):
+    """``ow.weighted_sft``: OpenWeights' token-weighted SFT, a ``finetune`` job with ``loss="weighted_sft"``
+    (deployment ``finetune/weighted-sft``); takes OpenWeights' spellings (``loss="sft"``, ``ft_id_suffix``,
+    ``eval_every_n_steps="log"``)."""
+
+    def create(self, **params: Any) -> Job:
+        from jobs.finetune import openweights_weighted_sft_params
+
+        return super().create(**openweights_weighted_sft_params(params))
+
+
 class OpenWeights:
     def __init__(self, store_block: str | None = None, cache_dir: str | Path | None = None, requests_per_second: float | None = None, max_concurrent: int | None = None):
         from blocks.storage import load_store_block, ow_home
@@ -53,9 +64,12 @@ class OpenWeights:
         self.files = Files(self._store)
         self.jobs = Jobs(self._store, self.files)
         self.fine_tuning = JobFactory(self.jobs, "finetune")
+        self.weighted_sft = WeightedSftJobs(self.jobs, "finetune")
         self.inference = JobFactory(self.jobs, "inference", renamed={"input_file_id": "input_file"})
         self.inspect_ai = JobFactory(self.jobs, "eval-inspect")
         self.mmlu_pro = JobFactory(self.jobs, "eval-mmlu-pro")
+        self.logprob = JobFactory(self.jobs, "logprobs", renamed={"dataset": "input_file"})  # OpenWeights' names
+        self.multiple_choice = JobFactory(self.jobs, "eval-multiple-choice")
         self.custom = JobFactory(self.jobs, "custom")
         self.api = Api(self)
         self.costs = Costs()

@@ -1,6 +1,6 @@
-"""Evaluations: deployments ``eval/inspect``, ``eval/mmlu-pro`` and ``eval/sweep``.
+"""Evaluations: deployments ``eval/inspect``, ``eval/mmlu-pro``, ``eval/multiple-choice`` and ``eval/sweep``.
 
-``eval/inspect`` and ``eval/mmlu-pro`` are jobs like any other (content-hashed, cached, GPU
+``eval/inspect``, ``eval/mmlu-pro`` and ``eval/multiple-choice`` are jobs like any other (content-hashed, cached, GPU
 stage only on a miss). ``eval/sweep`` evaluates a list of models on a list of evaluations:
 it groups models by base model (one server, or one loaded model, serves a base and all its
 adapters), runs each evaluation that is not already stored as its own flow run, and publishes
@@ -27,6 +27,7 @@ from jobs.sweeps import SweepConfig, SweepEval, evaluation_jobs
 
 eval_inspect = job_flow("eval-inspect", "eval", module=__name__)
 eval_mmlu_pro = job_flow("eval-mmlu-pro", "eval", module=__name__)
+eval_multiple_choice = job_flow("eval-multiple-choice", "eval", module=__name__)
 
 
 @flow(name="eval", log_prints=True)
@@ -41,7 +42,7 @@ def eval_sweep(
         sweep_name: names the comparison table (artifact key ``eval-sweep-<name>``) and the Prefect
             Variable ``ow-eval-sweep-<name>`` that holds models and evals when they are not given.
         models: model references (base models and fine-tuned adapters, mixed).
-        evals: the evaluations, each with a column name, a kind (inspect, mmlu-pro) and its parameters.
+        evals: the evaluations, each with a column name, a kind (inspect, mmlu-pro, multiple-choice) and its parameters.
     """
     from blocks.storage import load_artifact_store
 

@@ -1,4 +1,5 @@
-"""Fine-tuning: the ``finetune`` control flow (deployments ``finetune/sft``, ``finetune/dpo``, ``finetune/orpo``).
+"""Fine-tuning: the ``finetune`` control flow (deployments ``finetune/sft``, ``finetune/dpo``, ``finetune/orpo``,
+``finetune/weighted-sft``).
 
 Its parameters are the fields of :class:`jobs.finetune.TrainingConfig`; the deployments differ
 only in their default ``loss``. The training itself runs in ``gpu-stage/finetune``.

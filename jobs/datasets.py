@@ -10,6 +10,8 @@ Purposes and the row shapes they accept:
   a list of ``{"type": "text", "text": ...}`` parts), ``{"text": "..."}`` for base models, or a
   preference row (as OpenWeights accepts);
 - ``preference``: ``{"prompt": [...], "chosen": [...], "rejected": [...]}``, each a message list.
+- ``weighted_conversations``: chat rows whose messages or content blocks carry a loss
+  ``weight`` (OpenWeights' ``weighted_sft`` format; see :func:`weighted_blocks`).
 
 Other purposes may register a row validator with :func:`register_row_validator`. Purposes in
 :data:`TEXT_PURPOSES` (source code, such as inspect-ai task files) are text: UTF-8 without NUL
@@ -57,7 +59,10 @@ class RowError(ValueError):
 RowValidator = Callable[[Any], None]
 _ROW_VALIDATORS: dict[str, RowValidator] = {}
 # Validators that live with the code that reads the format; imported on first use.
-_LAZY_VALIDATORS = {"mmlu_pro": "compute.evals.mmlu_pro.dataset:check_mmlu_pro_row"}
+_LAZY_VALIDATORS = {
+    "mmlu_pro": "compute.evals.mmlu_pro.dataset:check_mmlu_pro_row",
+    "multiple_choice": "jobs.multiple_choice:check_question_row",  # eval/multiple-choice questions
+}
 
 
 def register_row_validator(purpose: str, validator: RowValidator) -> None:
@@ -243,3 +248,79 @@ def check_conversation_row(row: Any) -> None:
 
 register_row_validator("conversations", check_conversation_row)
 register_row_validator("preference", check_preference_row)
+
+
+# -- weighted conversations: OpenWeights' weighted_sft format ----------------------------------
+# A chat row whose messages, or the text blocks of a message's content, carry a loss "weight"
+# (negative allowed: the tokens' likelihood is pushed down). Other keys of a block ("tag", …)
+# are kept and ignored, as OpenWeights does.
+
+WEIGHTED_CONVERSATIONS = "weighted_conversations"
+FLOAT32_MAX = 3.4028234663852886e38  # weights become float32 tensors; anything larger is infinite there
+
+
+def _weight_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a loss weight, or None; ``null`` (or no key) means the default weight."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            if abs(float(value)) <= FLOAT32_MAX:  # False for NaN as well
+                return None
+        except OverflowError:  # an integer beyond any float
+            pass
+    return f"must be a finite number (a 32-bit float), got {json.dumps(value)[:40]}"
+
+
+def weighted_blocks(message: dict, responses_only: bool) -> list[tuple[str, float]]:
+    """A message's text blocks with the weight each trains with.
+
+    A block's own ``weight`` wins, then its message's ``weight``, then the default: 1 for an
+    assistant turn; for other roles 0 with ``train_on_responses_only``, else 1.
+    """
+    weight = message.get("weight")
+    if weight is None:
+        weight = 1.0 if message["role"] == "assistant" or not responses_only else 0.0
+    content = message["content"]
+    if isinstance(content, str):
+        return [(content, float(weight))]
+    return [(part["text"], float(weight if part.get("weight") is None else part["weight"])) for part in content]
+
+
+def check_weighted_conversation_row(row: Any) -> None:
+    """A chat row (``messages``) whose messages and content blocks may carry a finite ``weight``."""
+    if not isinstance(row, dict):
+        raise RowError(f"each line must be a JSON object, got {type(row).__name__}")
+    if "messages" not in row:
+        raise RowError("a weighted conversations row needs 'messages' (a chat whose messages or blocks carry a 'weight')")
+    check_message_list(row["messages"], "messages")
+    for index, message in enumerate(row["messages"]):
+        problem = _weight_problem(message.get("weight"))
+        if problem:
+            raise RowError(f"messages[{index}].weight {problem}")
+        if isinstance(message["content"], list):
+            for block, part in enumerate(message["content"]):
+                problem = _weight_problem(part.get("weight"))
+                if problem:
+                    raise RowError(f"messages[{index}].content[{block}].weight {problem}")
+
+
+def weighted_training_row_check(responses_only: bool) -> RowValidator:
+    """The weighted-SFT job's check of a training row: valid weights, and at least one non-zero.
+
+    Also run on ``conversations`` files (OpenWeights uploads weighted data under that purpose),
+    whose own validator ignores weights.
+    """
+
+    def check(row: Any) -> None:
+        check_weighted_conversation_row(row)
+        if not any(weight for message in row["messages"] for _, weight in weighted_blocks(message, responses_only)):
+            raise RowError(
+                "every block of the row weighs 0 (with train_on_responses_only, a non-assistant block without "
+                "a weight weighs 0), so it trains nothing"
+            )
+
+    return check
+
+
+register_row_validator(WEIGHTED_CONVERSATIONS, check_weighted_conversation_row)

@@ -1,4 +1,8 @@
-"""Parameters of fine-tuning jobs (SFT, DPO, ORPO), at parity with OpenWeights' ``TrainingConfig``.
+"""Parameters of fine-tuning jobs (SFT, DPO, ORPO, weighted SFT), at parity with OpenWeights' ``TrainingConfig``.
+
+``loss="weighted_sft"`` is OpenWeights' ``weighted_sft`` job (``ow.weighted_sft``): SFT whose
+token losses are weighted by the ``weight`` of their message or content block (negative weights
+push a text's likelihood down); :func:`openweights_weighted_sft_params` maps its spellings.
 
 Field names, defaults and validation rules follow OpenWeights so a user's existing job
 definitions validate unchanged; messages name the field and what would be valid. The model is
@@ -16,12 +20,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from jobs.datasets import WEIGHTED_CONVERSATIONS
 from jobs.file_ids import FileId
 from jobs.hardware import AllowedHardware, ContainerImage, HardwareRequest, RequiredVramGb
 from jobs.identity import JobIdSuffix
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-ALLOWED_OPTIMIZERS = ("adamw_8bit", "adamw", "adam", "sgd")
+# adamw_torch: OpenWeights' weighted_sft default (its other jobs refuse it)
+ALLOWED_OPTIMIZERS = ("adamw_8bit", "adamw", "adam", "sgd", "adamw_torch")
 ALLOWED_SCHEDULERS = (
     "linear",
     "cosine",
@@ -32,6 +38,9 @@ ALLOWED_SCHEDULERS = (
 )
 CONVERSATION_LOSSES = ("sft",)
 PREFERENCE_LOSSES = ("dpo", "orpo")
+WEIGHTED_LOSSES = ("weighted_sft",)
+# Weighted data validated on upload, or as OpenWeights uploads it (the job then checks the weights).
+WEIGHTED_TRAINING_PURPOSES = (WEIGHTED_CONVERSATIONS, "conversations")
 NAME_PLACEHOLDERS = ("org_id", "model_name", "job_id")
 MAX_LEARNING_RATE_EXPRESSION = 100  # characters: '1e-4 * 2' needs ten; a long one is an attack on the parser
 
@@ -67,10 +76,15 @@ class TrainingConfig(HardwareRequest):
         "(ftjob-…), or an artifact URI in the store.",
     )
     training_file: FileId = Field(
-        description="File ID of the training data (conversations:file-… for SFT, preference:file-… for DPO/ORPO)."
+        description="File ID of the training data (conversations:file-… for SFT, preference:file-… for DPO/ORPO, "
+        "weighted_conversations:file-… or conversations:file-… for weighted SFT)."
     )
     test_file: FileId | None = Field(None, description="File ID of a held-out dataset evaluated during training.")
-    loss: Literal["sft", "dpo", "orpo"] = Field("sft", description="Training objective.")
+    loss: Literal["sft", "dpo", "orpo", "weighted_sft"] = Field(
+        "sft",
+        description="Training objective. weighted_sft: each token's loss times the weight of its message or "
+        "content block, summed and divided by the sum of |weight| (OpenWeights' weighted_sft).",
+    )
 
     # Tokenizer
     chat_template: str = Field("default", description="Jinja chat template overriding the tokenizer's ('default' keeps it).")
@@ -133,7 +147,11 @@ class TrainingConfig(HardwareRequest):
     checkpoint_interval_minutes: float = Field(
         30.0, gt=0, description="Also checkpoint when this many minutes passed since the last checkpoint."
     )
-    train_on_responses_only: bool = Field(True, description="Compute the loss on assistant tokens only (SFT).")
+    train_on_responses_only: bool = Field(
+        True,
+        description="Compute the loss on assistant tokens only (SFT). weighted_sft: non-assistant text without a "
+        "weight weighs 0 (else 1).",
+    )
     packing: bool = Field(False, description="Pack several short examples into one sequence (SFT).")
 
     # Evaluation and callbacks
@@ -224,6 +242,17 @@ class TrainingConfig(HardwareRequest):
                 f"training_file: loss={self.loss!r} trains on a preference file (preference:file-…), "
                 f"got {self.training_file!r}"
             )
+        if self.loss in WEIGHTED_LOSSES and purpose not in WEIGHTED_TRAINING_PURPOSES:
+            raise ValueError(
+                f"training_file: loss={self.loss!r} trains on a weighted conversations file "
+                f"(weighted_conversations:file-… or conversations:file-…), got {self.training_file!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_packing_with_weights(self) -> TrainingConfig:
+        if self.loss in WEIGHTED_LOSSES and self.packing:
+            raise ValueError("packing: not supported with loss='weighted_sft' (each example keeps its own token weights)")
         return self
 
     @model_validator(mode="after")
@@ -263,6 +292,27 @@ class TrainingConfig(HardwareRequest):
         values = {"org_id": org_id, "model_name": model_name, "job_id": job_id}
         values.update(self.model_naming_extra_parameters or {})
         return self.finetuned_model_id.format(**values)
+
+
+def openweights_weighted_sft_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters of OpenWeights' ``weighted_sft.create`` as a ``finetune`` job's. Pure.
+
+    Its ``loss`` is ``"sft"`` (the only value it takes) and means weighted SFT here;
+    ``ft_id_suffix`` is appended to ``finetuned_model_id`` as OpenWeights does; ``eval_every_n_steps="log"``
+    (its default spelling for "at every logging step") becomes ``logging_steps``.
+    """
+    params = dict(params)
+    loss = params.pop("loss", "sft")
+    if loss not in ("sft", *WEIGHTED_LOSSES):
+        raise ValueError(f"loss: weighted_sft trains with loss='sft' (token-weighted), got {loss!r}")
+    params["loss"] = "weighted_sft"
+    suffix = params.pop("ft_id_suffix", None)
+    if suffix is not None:
+        name = params.get("finetuned_model_id", TrainingConfig.model_fields["finetuned_model_id"].default)
+        params["finetuned_model_id"] = f"{name}-{suffix}"
+    if params.get("eval_every_n_steps") == "log":
+        params["eval_every_n_steps"] = params.get("logging_steps", TrainingConfig.model_fields["logging_steps"].default)
+    return params
 
 
 def template_placeholders(template: str) -> list[str]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from jobs.custom import CustomJobConfig, check_params_against_schema
-from jobs.datasets import RowError
+from jobs.datasets import WEIGHTED_CONVERSATIONS, RowError, weighted_training_row_check
 from jobs.evals import InspectEvalConfig, MmluProConfig
 from jobs.file_ids import is_file_id
-from jobs.finetune import TrainingConfig
+from jobs.finetune import WEIGHTED_LOSSES, WEIGHTED_TRAINING_PURPOSES, TrainingConfig
 from jobs.inference import InferenceConfig
+from jobs.logprobs import LogprobsConfig, check_logprobs_row
+from jobs.multiple_choice import QUESTIONS_PURPOSE, MultipleChoiceConfig
 from jobs.registry import InputFile, InputModel, JobSpec, register
 from jobs.serve import ServeConfig
 
@@ -23,13 +25,16 @@ def _sft_row_needs_assistant_turn(row: dict) -> None:
 def _finetune_input_files(config: TrainingConfig) -> list[InputFile]:
     training_purposes = ("conversations",) if config.loss == "sft" else ("preference",)
     row_check = _sft_row_needs_assistant_turn if config.loss == "sft" and config.train_on_responses_only else None
+    if config.loss in WEIGHTED_LOSSES:
+        training_purposes = WEIGHTED_TRAINING_PURPOSES
+        row_check = weighted_training_row_check(config.train_on_responses_only)
     files = [InputFile("training_file", config.training_file, training_purposes, row_check)]
     if config.test_file:
         files.append(InputFile("test_file", config.test_file, training_purposes, row_check))
     for name, file_id in config.logp_callback_datasets.items():
-        files.append(InputFile(f"logp_callback_datasets.{name}", file_id, ("conversations", "preference")))
+        files.append(InputFile(f"logp_callback_datasets.{name}", file_id, ("conversations", "preference", WEIGHTED_CONVERSATIONS)))
     for index, callback in enumerate(config.sampling_callbacks or []):
-        files.append(InputFile(f"sampling_callbacks[{index}].dataset", callback.dataset, ("conversations",)))
+        files.append(InputFile(f"sampling_callbacks[{index}].dataset", callback.dataset, ("conversations", WEIGHTED_CONVERSATIONS)))
     return files
 
 
@@ -56,8 +61,8 @@ FINETUNE = register(
         vram_gb=_finetune_vram_gb,
         id_suffix=lambda config: config.job_id_suffix,
         secrets=("hf-token",),
-        control_deployment=lambda config: f"finetune/{config.loss}",
-        description="LoRA fine-tuning (SFT, DPO, ORPO) with OpenWeights' parameters.",
+        control_deployment=lambda config: f"finetune/{config.loss.replace('_', '-')}",  # weighted_sft: finetune/weighted-sft
+        description="LoRA fine-tuning (SFT, DPO, ORPO, weighted SFT) with OpenWeights' parameters.",
     )
 )
 
@@ -95,6 +100,37 @@ INFERENCE = register(
         id_suffix=lambda config: config.job_id_suffix,
         control_deployment=lambda config: "inference/batch",
         description="Batch inference: completions for every row of a conversations or text JSONL file.",
+    )
+)
+
+
+def _logprobs_vram_gb(config: LogprobsConfig, model_config: dict | None) -> float:
+    from compute.vram import estimate_inference_vram_gb
+
+    return estimate_inference_vram_gb(model_config, config.model, max_model_len=config.max_model_len)
+
+
+LOGPROBS = register(
+    JobSpec(
+        job_type="logprobs",
+        id_prefix="lpjob",  # OpenWeights' prefix for its logprob jobs
+        params_model=LogprobsConfig,
+        stage="compute.logprobs.stage:run_logprobs_stage",
+        code_paths=(
+            "jobs/logprobs.py",
+            "jobs/model_refs.py",
+            "compute/backend.py",
+            "compute/logprobs/*.py",
+            "compute/generation/*.py",
+            "compute/training/examples.py",
+        ),
+        input_files=lambda config: [InputFile("input_file", config.input_file, ("conversations",), check_logprobs_row)],
+        input_models=lambda config: [InputModel("model", config.model)],
+        vram_gb=_logprobs_vram_gb,
+        id_suffix=lambda config: config.job_id_suffix,
+        control_deployment=lambda config: "inference/logprobs",
+        description="Log-probability of every assistant token (and the total per message) of every row of a "
+        "conversations file, under a model or adapter.",
     )
 )
 
@@ -253,6 +289,33 @@ MMLU_PRO = register(
         extra_checks=_served_model_checks,
         control_deployment=lambda config: "eval/mmlu-pro",
         description="MMLU-Pro-style multiple-choice accuracy, per category and overall, of a model and its adapters.",
+    )
+)
+
+
+MULTIPLE_CHOICE = register(
+    JobSpec(
+        job_type="eval-multiple-choice",
+        id_prefix="mcjob",  # OpenWeights' prefix for its multiple_choice jobs
+        params_model=MultipleChoiceConfig,
+        stage="compute.evals.multiple_choice:run_multiple_choice_stage",
+        code_paths=(
+            "jobs/evals.py",
+            "jobs/multiple_choice.py",
+            "jobs/model_refs.py",
+            "compute/backend.py",
+            "compute/evals/multiple_choice.py",
+            "compute/logprobs/*.py",
+            "compute/generation/*.py",
+            "compute/training/examples.py",
+        ),
+        input_files=lambda config: [InputFile("questions_file", config.questions_file, (QUESTIONS_PURPOSE,))],
+        input_models=_eval_models,
+        vram_gb=_eval_vram_gb,
+        extra_checks=_served_model_checks,
+        control_deployment=lambda config: "eval/multiple-choice",
+        description="Multiple-choice questions scored by log-probability (no sampling): each choice's probability, "
+        "accuracy and calibration per category, of a model and its adapters.",
     )
 )
 

@@ -19,7 +19,11 @@ from jobs.model_refs import adapter_base
 from jobs.registry import get_job_spec
 from jobs.validation import check_inputs, validate_params
 
-EVAL_KINDS = {"inspect": ("eval-inspect", "eval/inspect"), "mmlu-pro": ("eval-mmlu-pro", "eval/mmlu-pro")}
+EVAL_KINDS = {
+    "inspect": ("eval-inspect", "eval/inspect"),
+    "mmlu-pro": ("eval-mmlu-pro", "eval/mmlu-pro"),
+    "multiple-choice": ("eval-multiple-choice", "eval/multiple-choice"),  # score: accuracy by log-probability
+}
 MODEL_FIELDS = ("model", "lora_adapters", "include_base_model")
 
 
@@ -29,7 +33,7 @@ class SweepEval(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Column name in the comparison table.")
-    kind: Literal["inspect", "mmlu-pro"] = Field(description="Which evaluation job runs it.")
+    kind: Literal["inspect", "mmlu-pro", "multiple-choice"] = Field(description="Which evaluation job runs it.")
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="Parameters of that job (eval_name, dataset_file, …) except the model fields, which the sweep sets.",

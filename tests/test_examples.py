@@ -41,6 +41,9 @@ def test_openweights_quickstart_runs_with_only_the_import_and_model_changed(ow_s
         ("api_deployment.py", "ChatCompletionMessage"),
         ("inspect_eval.py", "output"),
         ("custom_job/run.py", '"distinct"'),
+        ("logprobs.py", '"logprob"'),
+        ("multiple_choice.py", "accuracy:"),
+        ("weighted_sft.py", "completed"),
     ],
 )
 def test_every_example_runs(ow_stack, script, expected):
@@ -51,6 +54,8 @@ def test_every_example_runs(ow_stack, script, expected):
 
 def test_examples_folder_has_no_example_left_untested():
     tested = {"quickstart.py", "inference.py", "api_deployment.py", "inspect_eval.py", "custom_job/run.py"}
+    tested |= {"logprobs.py", "multiple_choice.py"}
+    tested |= {"weighted_sft.py"}
     scripts = {p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.py")}
     helpers = {"tiny_model.py", "custom_job/word_count.py"}
     assert scripts - helpers == tested

@@ -64,7 +64,7 @@ def test_every_field_accepts_openweights_defaults():
         ({"learning_rate": "__import__('os')"}, "learning_rate", "may only use numbers"),
         ({"r": 0}, "r", "greater than or equal to 1"),
         ({"epochs": 0}, "epochs", "greater than or equal to 1"),
-        ({"loss": "ppo"}, "loss", "Input should be 'sft', 'dpo' or 'orpo'"),
+        ({"loss": "ppo"}, "loss", "Input should be 'sft', 'dpo', 'orpo' or 'weighted_sft'"),
         ({"finetuned_model_id": "no-slash"}, "finetuned_model_id", "format 'user/model'"),
         ({"finetuned_model_id": "unsloth/x"}, "finetuned_model_id", "org you have access to"),
         ({"finetuned_model_id": "{org_id}/{nope}"}, "finetuned_model_id", "unknown placeholder {nope}"),

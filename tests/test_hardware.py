@@ -36,6 +36,8 @@ MINIMAL_PARAMS = {
     "eval-inspect": {"model": "org/base", "eval_name": "inspect_evals/gpqa_diamond"},
     "eval-mmlu-pro": {"model": "org/base", "dataset_file": MMLU_FILE},
     "custom": {"name": "word_count", "entrypoint": ["python", "word_count.py"]},
+    "logprobs": {"model": "org/base", "input_file": CONVERSATIONS},
+    "eval-multiple-choice": {"model": "org/base", "questions_file": "multiple_choice:file-" + "ef" * 32},
 }
 
 

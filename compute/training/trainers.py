@@ -1,4 +1,4 @@
-"""Build the trl trainer for a loss (SFT, DPO, ORPO) from a TrainingConfig.
+"""Build the trainer for a loss (trl's for SFT, DPO, ORPO; :mod:`compute.training.weighted` for weighted SFT).
 
 The same trainers serve both backends: unsloth patches trl's trainers in place when it is
 imported, so the GPU path differs only in how the model was loaded.
@@ -27,6 +27,8 @@ _OPTIMIZERS = {
     ("adam", "cpu"): "adamw_torch",
     ("sgd", "cuda"): "sgd",
     ("sgd", "cpu"): "sgd",
+    ("adamw_torch", "cuda"): "adamw_torch",  # OpenWeights' weighted_sft passes this Trainer name through
+    ("adamw_torch", "cpu"): "adamw_torch",
 }
 _OPTIMIZER_NOTES = {
     ("adamw_8bit", "cpu"): "8-bit AdamW needs bitsandbytes on a CUDA GPU",
@@ -115,6 +117,10 @@ def build_trainer(
     from datasets import Dataset
 
     arguments = common_arguments(config, output_dir, device, has_eval=bool(eval_rows))
+    if config.loss == "weighted_sft":
+        from compute.training.weighted import build_weighted_trainer
+
+        return build_weighted_trainer(config, model, tokenizer, train_rows, eval_rows, arguments, callbacks)
     if config.loss == "sft":
         from trl import SFTConfig, SFTTrainer
 

@@ -104,6 +104,7 @@ SFT_SETTINGS = {
     "max_seq_length": 128,
     "r": 16,
     "lora_alpha": 16,
+    "packing": False,  # the plain trl baseline does not pack (trl's default); ours would by default
 }
 
 

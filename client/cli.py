@@ -30,12 +30,12 @@ class CommandError(Exception):
 
 def _files_upload(args: argparse.Namespace) -> int:
     from blocks.storage import load_artifact_store
-    from jobs.datasets import DatasetError
+    from jobs.datasets import DatasetError, canonical_purpose
     from store.files import upload_file
 
     try:
         store = load_artifact_store()
-        record = upload_file(store, args.path, args.purpose)
+        record = upload_file(store, args.path, canonical_purpose(args.purpose))
     except FileNotFoundError:
         raise CommandError(f"no such file: {args.path}") from None
     except DatasetError as exc:
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument(
         "--purpose",
         required=True,
-        help="what the file is for: conversations, preference, or another purpose (stored unvalidated)",
+        help="what the file is for: conversations, preference (or preferences), or another purpose (stored unvalidated)",
     )
     upload.set_defaults(handler=_files_upload)
     listing = file_commands.add_parser("ls", help="list uploaded files")

@@ -7,7 +7,10 @@ Statuses are OpenWeights' — ``pending``, ``in_progress``, ``completed``, ``fai
 
 Creating a job validates and hashes it here first (errors name the field, file and line before
 anything is submitted). An identical job that is pending, running or completed is returned as it
-is; a failed or canceled one is submitted again.
+is; a failed or canceled one is submitted again (``job.restart()`` does the same by ID).
+
+As in OpenWeights, ``job.params["validated_params"]`` holds the parameters with every default filled
+and ``finetuned_model_id`` resolved; ``job.runs`` lists its runs (GPU-stage attempts), oldest first.
 """
 
 from __future__ import annotations
@@ -18,28 +21,26 @@ from pathlib import Path
 from typing import Any
 
 from prefect.client.schemas.objects import FlowRun, StateType
+from pydantic import BaseModel
 
 from client import runs
+from client.runs import (
+    CANCELED,
+    COMPLETED,
+    FAILED,
+    FINAL_STATUSES,
+    IN_PROGRESS,
+    PENDING,
+    STATE_TO_STATUS,
+    Run,
+)
 from jobs.costs import JobCost
 from jobs.registry import get_job_spec, job_types
 from jobs.tags import submission_tags
-from jobs.validation import check_inputs, validate_params
+from jobs.validation import InvalidJobError, check_inputs, validate_params
 from store.artifact_store import ArtifactStore
 
-PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELED = "pending", "in_progress", "completed", "failed", "canceled"
-FINAL_STATUSES = (COMPLETED, FAILED, CANCELED)
-
-_STATE_TO_STATUS = {
-    StateType.SCHEDULED: PENDING,
-    StateType.PENDING: PENDING,
-    StateType.PAUSED: PENDING,
-    StateType.RUNNING: IN_PROGRESS,
-    StateType.CANCELLING: IN_PROGRESS,
-    StateType.COMPLETED: COMPLETED,
-    StateType.FAILED: FAILED,
-    StateType.CRASHED: FAILED,
-    StateType.CANCELLED: CANCELED,
-}
+__all__ = ["CANCELED", "COMPLETED", "FAILED", "FINAL_STATUSES", "IN_PROGRESS", "PENDING", "Job", "Jobs", "job_status"]
 
 
 def job_status(control_state: StateType | None, has_result: bool) -> str:
@@ -48,7 +49,7 @@ def job_status(control_state: StateType | None, has_result: bool) -> str:
         return COMPLETED
     if control_state is None:
         return PENDING
-    status = _STATE_TO_STATUS[control_state]
+    status = STATE_TO_STATUS[control_state]
     return FAILED if status == COMPLETED else status  # completed without a result record: something is wrong
 
 
@@ -109,14 +110,32 @@ class Job:
             runs.cancel(flow_run.id, message="canceled through the client")
         return self.refresh()
 
+    def restart(self) -> Job:
+        """Run a failed or canceled job again (a new control run, so a new run of its GPU stage).
+
+        A pending, running or completed job is returned as it is: its GPU stage is cached under the
+        job's content hash, so an identical job that completed is its own result (OpenWeights would
+        train it again).
+        """
+        return self._manager.restart(self.id)
+
+    @property
+    def runs(self) -> list[Run]:
+        """The job's runs (attempts of its GPU stage), oldest first; each has ``status`` and ``logs()``."""
+        return runs.list_runs(self.id)
+
     def logs(self) -> str:
         """The job's log lines from all its flow runs, oldest first (the last lines of a run that just ended included)."""
         return "\n".join(runs.settled_logs(runs.job_runs(self.id)))
 
-    def download(self, target_dir: str | Path) -> Path:
-        """Copy every output of the job into ``target_dir`` (one entry per output name)."""
+    def download(self, target_dir: str | Path, only_last_run: bool = True) -> Path:
+        """Copy every output of the job into ``target_dir`` (one entry per output name), and the log of its
+        last run (``<run id>.log``) or, with ``only_last_run=False``, of every run (``<run id>/<run id>.log``)."""
         target = Path(target_dir)
         target.mkdir(parents=True, exist_ok=True)
+        job_runs = self.runs
+        for run in job_runs[-1:] if only_last_run else job_runs:
+            run.download(target if only_last_run else target / run.id)
         store = self._manager._store
         for name, uri in self.outputs.items():
             key = store.key_from_uri(uri) if "://" in uri else None
@@ -156,22 +175,54 @@ class Jobs:
         jobs = [job for job in seen.values() if status is None or job.status == status]
         return jobs[:limit]
 
+    def find(self, **params: Any) -> list[Job]:
+        """Jobs whose parameters match every given value, newest first (OpenWeights' ``jobs.find``).
+
+        A value matches the parameter's validated value (defaults filled); a dict matches when it is
+        contained in the parameter (``find(meta={"group": "hparams"})``, or
+        ``find(validated_params={"seed": 3})`` as OpenWeights' fine-tuning jobs are searched).
+        """
+        found, seen = [], set()
+        for flow_run in runs.job_runs(limit=100_000, gpu_stage=False):
+            job_id = runs.job_id_of(flow_run)
+            if job_id and job_id not in seen:
+                seen.add(job_id)
+                job = self.retrieve(job_id)
+                if all(_contains(_param(job.params, key), value) for key, value in params.items()):
+                    found.append(job)
+        return found
+
     def cancel(self, job_id: str) -> Job:
         return self.retrieve(job_id).cancel()
 
+    def restart(self, job_id: str) -> Job:
+        """Submit a failed or canceled job again with its own parameters; others are returned as they are."""
+        job = self.retrieve(job_id)
+        if job.status not in (FAILED, CANCELED) or job.type is None:
+            return job
+        raw = {key: value for key, value in job.params.items() if key != "validated_params"}
+        return self._launch(job, validate_params(get_job_spec(job.type), raw), raw)
+
     def submit(self, job_type: str, params: dict[str, Any]) -> Job:
         """Validate, hash, and submit unless an identical job is pending, running or completed."""
+        from jobs.finetune import configured_hf_org, missing_hub_org
+
         spec = get_job_spec(job_type)
         config = validate_params(spec, params)
+        problem = missing_hub_org(config, configured_hf_org()) if getattr(config, "push_to_hub", False) else None
+        if problem:
+            raise InvalidJobError(job_type, [problem])  # before a GPU trains a model it could not push
         job_id = spec.job_id(config, check_inputs(spec, config, self._store).inputs)
         job = Job(self, job_id, job_type)
         self._load(job)
         if job.status in (PENDING, IN_PROGRESS, COMPLETED) and (job.flow_runs or job.status == COMPLETED):
             return job
+        return self._launch(job, config, config.model_dump(mode="json", exclude_unset=True))
+
+    def _launch(self, job: Job, config: BaseModel, params: dict[str, Any]) -> Job:
+        """Create the job's control flow run (it runs the GPU stage unless the job's result is stored)."""
         flow_run = runs.submit(
-            spec.control_deployment(config),
-            config.model_dump(mode="json", exclude_unset=True),
-            tags=submission_tags(job_id, job_type),
+            get_job_spec(job.type).control_deployment(config), params, tags=submission_tags(job.id, job.type)
         )
         job.flow_runs = [flow_run, *job.flow_runs]
         job.status = PENDING
@@ -187,14 +238,56 @@ class Jobs:
         if job.type is None:
             job.type = (record or {}).get("job_type") or (runs.job_type_of(newest) if newest else None)
         if record is not None:
-            job.params, job.outputs, job.metrics = record["params"], record["outputs"], record["metrics"]
+            job.params, job.outputs, job.metrics = dict(record["params"]), record["outputs"], record["metrics"]
         elif newest is not None:
             job.params = dict(newest.parameters)
+        if job.type is not None and job.params:
+            job.params["validated_params"] = validated_params(job.type, job.id, job.params, job.outputs)
         job.created_at = min((run.created for run in job.flow_runs if run.created), default=None)
 
 
 def _is_gpu_stage(flow_run: FlowRun) -> bool:
     return {"job_type", "job_id", "params"} <= set(flow_run.parameters)  # the gpu-stage flow's signature
+
+
+HUB_URL = "https://huggingface.co/"
+
+
+def validated_params(job_type: str, job_id: str, params: dict[str, Any], outputs: dict[str, str]) -> dict[str, Any]:
+    """The job's parameters with defaults filled and ``finetuned_model_id`` resolved (OpenWeights' ``validated_params``).
+
+    The name is the pushed repository's once the job pushed one; before, it is filled with the
+    configured Hugging Face organisation (``{org_id}`` stays as it is while none is configured).
+    """
+    raw = {key: value for key, value in params.items() if key != "validated_params"}
+    try:
+        config = validate_params(get_job_spec(job_type), raw)
+    except (InvalidJobError, KeyError):  # parameters of an older code version: shown as they were stored
+        return raw
+    validated = config.model_dump(mode="json")
+    if hasattr(config, "output_model_name"):
+        from jobs.finetune import configured_hf_org
+
+        hub = outputs.get("hub", "")
+        validated["finetuned_model_id"] = (
+            hub.removeprefix(HUB_URL) if hub.startswith(HUB_URL) else config.output_model_name(job_id, configured_hf_org() or "{org_id}")
+        )
+    return validated
+
+
+def _param(params: dict[str, Any], key: str) -> Any:
+    validated = params.get("validated_params") or {}
+    return validated[key] if key in validated else params.get(key, _MISSING)
+
+
+_MISSING = object()
+
+
+def _contains(actual: Any, wanted: Any) -> bool:
+    """``wanted`` equals ``actual``, or (a dict) is contained in it key by key (as Postgres' ``@>`` on JSON)."""
+    if isinstance(wanted, dict):
+        return isinstance(actual, dict) and all(key in actual and _contains(actual[key], value) for key, value in wanted.items())
+    return actual is not _MISSING and actual == wanted
 
 
 class JobFactory:

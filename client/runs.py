@@ -2,13 +2,18 @@
 
 Jobs are found by the tags their flow runs carry: ``ow-job:<job_id>`` and ``ow-type:<type>``
 (set by the control flow once it knows the job's content hash; the GPU stage is created with them).
+
+A :class:`Run` is OpenWeights' run of a job: one attempt of its GPU stage (one flow run of the
+``gpu-stage`` flow, so one pod on RunPod), with OpenWeights' status and its own log.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -24,13 +29,28 @@ from prefect.client.schemas.filters import (
     TaskRunFilter,
     TaskRunFilterName,
 )
-from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.states import Cancelling
 
 from jobs.tags import JOB_TAG_PREFIX, TYPE_TAG_PREFIX, job_tag, job_type_tag, tag_value
 
 GPU_STAGE_FLOW = "gpu-stage"
+
+# OpenWeights' statuses (of jobs and of runs), from Prefect's state types.
+PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELED = "pending", "in_progress", "completed", "failed", "canceled"
+FINAL_STATUSES = (COMPLETED, FAILED, CANCELED)
+STATE_TO_STATUS = {
+    StateType.SCHEDULED: PENDING,
+    StateType.PENDING: PENDING,
+    StateType.PAUSED: PENDING,
+    StateType.RUNNING: IN_PROGRESS,
+    StateType.CANCELLING: IN_PROGRESS,
+    StateType.COMPLETED: COMPLETED,
+    StateType.FAILED: FAILED,
+    StateType.CRASHED: FAILED,
+    StateType.CANCELLED: CANCELED,
+}
 
 
 def job_id_of(flow_run: FlowRun) -> str | None:
@@ -187,3 +207,47 @@ def logs(flow_run_ids: Iterable[UUID], limit: int = 20_000) -> list[str]:
             if len(page) < PAGE:
                 break
     return [f"{entry.timestamp:%Y-%m-%d %H:%M:%S} {entry.message}" for entry in entries]
+
+
+@dataclass
+class Run:
+    """One run of a job (an attempt of its GPU stage): ``id``, ``job_id``, ``status`` (OpenWeights'),
+    ``state_name`` (Prefect's, e.g. ``Cancelled`` or ``Crashed``), ``created_at``; dict-style access works too."""
+
+    id: str
+    job_id: str
+    status: str
+    state_name: str
+    created_at: datetime | None
+    flow_run: FlowRun
+
+    @classmethod
+    def of(cls, flow_run: FlowRun) -> Run:
+        state_type = flow_run.state.type if flow_run.state else None
+        return cls(
+            id=str(flow_run.id),
+            job_id=job_id_of(flow_run) or "",
+            status=STATE_TO_STATUS[state_type] if state_type else PENDING,
+            state_name=flow_run.state_name or "Pending",
+            created_at=flow_run.created,
+            flow_run=flow_run,
+        )
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+    def logs(self) -> str:
+        """This run's log lines, oldest first (OpenWeights keeps them in ``run.log_file``; here they are Prefect's)."""
+        return "\n".join(settled_logs([read(self.flow_run.id)]))
+
+    def download(self, target_dir: str | Path) -> Path:
+        """Write this run's log to ``<target_dir>/<run id>.log``, as OpenWeights' ``run.download`` does."""
+        target = Path(target_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        (target / f"{self.id}.log").write_text(self.logs() + "\n", encoding="utf-8")
+        return target
+
+
+def list_runs(job_id: str, limit: int = 200) -> list[Run]:
+    """The runs (GPU-stage attempts) of a job, oldest first, so ``[-1]`` is the latest as in OpenWeights."""
+    return [Run.of(flow_run) for flow_run in reversed(job_runs(job_id, limit=limit, gpu_stage=True))]

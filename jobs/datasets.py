@@ -9,7 +9,8 @@ Purposes and the row shapes they accept:
 - ``conversations``: ``{"messages": [...]}`` (roles system/user/assistant; content a string or
   a list of ``{"type": "text", "text": ...}`` parts), ``{"text": "..."}`` for base models, or a
   preference row (as OpenWeights accepts);
-- ``preference``: ``{"prompt": [...], "chosen": [...], "rejected": [...]}``, each a message list.
+- ``preference``: ``{"prompt": [...], "chosen": [...], "rejected": [...]}``, each a message list
+  (``preferences``, the spelling of OpenWeights' cookbook, is accepted as its alias: see :func:`canonical_purpose`).
 - ``weighted_conversations``: chat rows whose messages or content blocks carry a loss
   ``weight`` (OpenWeights' ``weighted_sft`` format; see :func:`weighted_blocks`).
 
@@ -32,6 +33,9 @@ MAX_REPORTED = 10
 ROLES = ("system", "user", "assistant")
 # Purposes whose files are text (code): a NUL byte or undecodable bytes are refused with their line.
 TEXT_PURPOSES = ("inspect_task",)
+# Other spellings of a purpose → the purpose (OpenWeights validates "preference" but its cookbook uploads
+# with "preferences"); a file ID always carries the canonical name, so both spellings are one file.
+PURPOSE_ALIASES = {"preferences": "preference"}
 NUL = "\x00"
 # Deeper than any row format needs; keeps every reader of a row (validators, tokenizer templates,
 # the job ID's canonical JSON) clear of Python's recursion limit.
@@ -68,6 +72,11 @@ _LAZY_VALIDATORS = {
 def register_row_validator(purpose: str, validator: RowValidator) -> None:
     """Make ``validator`` check every row of files uploaded with ``purpose``."""
     _ROW_VALIDATORS[purpose] = validator
+
+
+def canonical_purpose(purpose: str) -> str:
+    """The purpose ``purpose`` names (an alias such as ``preferences`` → ``preference``)."""
+    return PURPOSE_ALIASES.get(purpose, purpose)
 
 
 def validated_purposes() -> list[str]:

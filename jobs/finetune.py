@@ -15,7 +15,9 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import os
 import string
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -42,6 +44,12 @@ WEIGHTED_LOSSES = ("weighted_sft",)
 # Weighted data validated on upload, or as OpenWeights uploads it (the job then checks the weights).
 WEIGHTED_TRAINING_PURPOSES = (WEIGHTED_CONVERSATIONS, "conversations")
 NAME_PLACEHOLDERS = ("org_id", "model_name", "job_id")
+# The Hugging Face organisation models are named under ({org_id}) and pushed to: the env value wins
+# over the Prefect variable (one setting the client, the control tier and every pod can read);
+# HF_ORG and HF_USER are OpenWeights' own fallbacks. Nothing is hard-coded.
+HF_ORG_ENV = "OW_HF_ORG"
+HF_ORG_VARIABLE = "ow-hf-org"
+HF_ORG_FALLBACK_ENVS = ("HF_ORG", "HF_USER")
 MAX_LEARNING_RATE_EXPRESSION = 100  # characters: '1e-4 * 2' needs ten; a long one is an attack on the parser
 
 
@@ -93,7 +101,8 @@ class TrainingConfig(HardwareRequest):
     finetuned_model_id: str = Field(
         "{org_id}/{model_name}-{job_id}",
         description="Name of the fine-tuned model (the Hub repo when pushing). Placeholders: "
-        "{org_id}, {model_name}, {job_id}, and keys of model_naming_extra_parameters.",
+        "{org_id} (the OW_HF_ORG env value or the ow-hf-org Prefect variable), {model_name}, {job_id}, "
+        "any string-valued parameter of the job (e.g. {loss}), and keys of model_naming_extra_parameters.",
     )
     model_naming_extra_parameters: dict[str, str] | None = Field(
         None, description="Extra placeholder values for finetuned_model_id."
@@ -122,7 +131,9 @@ class TrainingConfig(HardwareRequest):
         "of further fine-tunes). Skipped with a warning for 4-bit models.",
     )
     push_to_hub: bool = Field(
-        False, description="Also push the result to the Hugging Face Hub as finetuned_model_id (needs the hf-token secret)."
+        False,
+        description="Also push the result to the Hugging Face Hub as finetuned_model_id (needs the hf-token secret, "
+        "and the OW_HF_ORG env value or the ow-hf-org Prefect variable for {org_id}).",
     )
     push_to_private: bool = Field(True, description="Make the Hub repository private when pushing.")
 
@@ -152,7 +163,11 @@ class TrainingConfig(HardwareRequest):
         description="Compute the loss on assistant tokens only (SFT). weighted_sft: non-assistant text without a "
         "weight weighs 0 (else 1).",
     )
-    packing: bool = Field(False, description="Pack several short examples into one sequence (SFT).")
+    packing: bool = Field(
+        True,
+        description="Pack several short examples into one sequence (SFT; OpenWeights' default since v0.11). "
+        "Always off for weighted_sft, which keeps each example's token weights.",
+    )
 
     # Evaluation and callbacks
     logp_callback_datasets: dict[str, FileId] = Field(
@@ -252,7 +267,9 @@ class TrainingConfig(HardwareRequest):
     @model_validator(mode="after")
     def _no_packing_with_weights(self) -> TrainingConfig:
         if self.loss in WEIGHTED_LOSSES and self.packing:
-            raise ValueError("packing: not supported with loss='weighted_sft' (each example keeps its own token weights)")
+            if "packing" in self.model_fields_set:
+                raise ValueError("packing: not supported with loss='weighted_sft' (each example keeps its own token weights)")
+            self.packing = False  # the default: normalised, so leaving it out and packing=False are one job
         return self
 
     @model_validator(mode="after")
@@ -263,12 +280,12 @@ class TrainingConfig(HardwareRequest):
 
     @model_validator(mode="after")
     def _check_name_template(self) -> TrainingConfig:
-        known = set(NAME_PLACEHOLDERS) | set(self.model_naming_extra_parameters or {})
+        known = set(self._name_values(job_id="", org_id=""))
         for name in template_placeholders(self.finetuned_model_id):
             if name not in known:
                 raise ValueError(
                     f"finetuned_model_id: unknown placeholder {{{name}}}; use {{org_id}}, {{model_name}}, "
-                    "{job_id} or a key of model_naming_extra_parameters"
+                    "{job_id}, a string-valued parameter of the job or a key of model_naming_extra_parameters"
                 )
         return self
 
@@ -288,10 +305,54 @@ class TrainingConfig(HardwareRequest):
         return files
 
     def output_model_name(self, job_id: str, org_id: str) -> str:
-        model_name = self.model.rstrip("/").split("/")[-1]
-        values = {"org_id": org_id, "model_name": model_name, "job_id": job_id}
+        """``finetuned_model_id`` with its placeholders filled (the template holds plain ``{name}`` fields only)."""
+        return self.finetuned_model_id.format(**self._name_values(job_id, org_id))
+
+    def _name_values(self, job_id: str, org_id: str) -> dict[str, str]:
+        # OpenWeights' placeholders: every string-valued parameter, then the three names, then the extras.
+        values = {
+            name: value
+            for name in type(self).model_fields
+            if name != "finetuned_model_id" and isinstance(value := getattr(self, name), str)
+        }
+        values.update(org_id=org_id, model_name=self.model.rstrip("/").split("/")[-1], job_id=job_id)
         values.update(self.model_naming_extra_parameters or {})
-        return self.finetuned_model_id.format(**values)
+        return values
+
+
+def hf_org_setting(environ: Mapping[str, str], variable: str | None) -> str | None:
+    """The Hugging Face organisation ``{org_id}`` stands for, from the env and the Prefect variable's value. Pure.
+
+    ``OW_HF_ORG`` wins, then the ``ow-hf-org`` Prefect variable, then OpenWeights' ``HF_ORG`` and ``HF_USER``.
+    """
+    candidates = (environ.get(HF_ORG_ENV), variable, *(environ.get(name) for name in HF_ORG_FALLBACK_ENVS))
+    return next((value.strip() for value in candidates if value and value.strip()), None)
+
+
+def configured_hf_org() -> str | None:
+    """The configured Hugging Face organisation (see :func:`hf_org_setting`); None when none is set."""
+    variable = None
+    if not os.environ.get(HF_ORG_ENV):
+        try:
+            from prefect.variables import Variable
+
+            variable = Variable.get(HF_ORG_VARIABLE, default=None)
+        except Exception:  # no reachable Prefect API: the env values still count
+            variable = None
+    return hf_org_setting(os.environ, variable if isinstance(variable, str) else None)
+
+
+def missing_hub_org(config: BaseModel, org_id: str | None) -> str | None:
+    """Why a job cannot push to the Hub (its name needs ``{org_id}`` and none is configured), or None. Pure."""
+    if not getattr(config, "push_to_hub", False) or org_id:
+        return None
+    if "org_id" not in template_placeholders(config.finetuned_model_id):
+        return None
+    return (
+        "finetuned_model_id: push_to_hub needs the Hugging Face organisation {org_id} stands for; "
+        f"set the {HF_ORG_ENV} environment variable or the Prefect variable {HF_ORG_VARIABLE!r} "
+        "(prefect variable set ow-hf-org <org>), or write the organisation into finetuned_model_id"
+    )
 
 
 def openweights_weighted_sft_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def test_every_field_accepts_openweights_defaults():
         "beta": 0.1,
         "save_steps": 5000,
         "train_on_responses_only": True,
-        "packing": False,
+        "packing": True,  # OpenWeights v0.11
         "eval_batch_size": 8,
         "test_file_eval_steps": None,
         "test_file_eval_strategy": "epoch",
@@ -112,3 +112,47 @@ def test_a_learning_rate_expression_is_validated_to_its_value_and_the_form_still
     assert config.learning_rate == pytest.approx(2e-4) and isinstance(config.learning_rate, float)
     assert config.model_dump(mode="json")["learning_rate"] == config.learning_rate
     assert signature_from_model(TrainingConfig).parameters["learning_rate"].annotation == float | str
+
+
+def test_any_string_parameter_is_a_name_placeholder_and_only_plain_names_are():
+    config = TrainingConfig(
+        model="meta-llama/Llama-3.1-8B", training_file=CONV, loss="sft", finetuned_model_id="{org_id}/{model_name}-{loss}-{optim}"
+    )
+    assert config.output_model_name(job_id="ftjob-1", org_id="myorg") == "myorg/Llama-3.1-8B-sft-adamw_8bit"
+    for template, message in (("{org_id}/{epochs}", "unknown placeholder {epochs}"), ("{org_id}/{loss.upper}", "is not a placeholder")):
+        with pytest.raises(InvalidJobError, match=message.replace("{", r"\{").replace("}", r"\}")):
+            validate_params(get_job_spec("finetune"), {"model": "org/base", "training_file": CONV, "finetuned_model_id": template})
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable", "org"),
+    [
+        ({}, None, None),  # nothing configured: no organisation is made up
+        ({}, "prefect-org", "prefect-org"),
+        ({"OW_HF_ORG": "env-org"}, "prefect-org", "env-org"),
+        ({"HF_ORG": "hf-org", "HF_USER": "me"}, None, "hf-org"),  # OpenWeights' own settings
+        ({"HF_USER": "me"}, "prefect-org", "prefect-org"),
+        ({"OW_HF_ORG": "  "}, None, None),
+    ],
+)
+def test_the_hub_organisation_is_the_configured_one(environ, variable, org):
+    from jobs.finetune import hf_org_setting
+
+    assert hf_org_setting(environ, variable) == org
+
+
+def test_pushing_without_an_organisation_is_refused_before_training():
+    from jobs.finetune import missing_hub_org
+
+    pushing = TrainingConfig(model="org/base", training_file=CONV, push_to_hub=True)
+    assert "OW_HF_ORG" in missing_hub_org(pushing, None)
+    assert missing_hub_org(pushing, "myorg") is None
+    assert missing_hub_org(TrainingConfig(model="org/base", training_file=CONV, push_to_hub=True, finetuned_model_id="me/x-{job_id}"), None) is None
+    assert missing_hub_org(TrainingConfig(model="org/base", training_file=CONV), None) is None
+
+
+def test_weighted_sft_does_not_pack_by_default_and_refuses_packing_when_asked():
+    weighted = "weighted_conversations:file-" + "c" * 64
+    assert TrainingConfig(model="org/base", training_file=weighted, loss="weighted_sft").packing is False
+    with pytest.raises(ValueError, match="packing: not supported"):
+        TrainingConfig(model="org/base", training_file=weighted, loss="weighted_sft", packing=True)

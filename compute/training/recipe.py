@@ -221,9 +221,16 @@ class FinetuneRecipe:
     def _push_to_hub(self, directory: Path) -> str:
         from huggingface_hub import HfApi
 
+        from jobs.finetune import configured_hf_org, missing_hub_org
+
         if not self.inputs.hf_token:
             raise RuntimeError("push_to_hub: no Hugging Face token (save one in the Prefect secret block 'hf-token')")
-        repo_id = self.inputs.output_model_name
+        # The organisation the user configured (OW_HF_ORG, or the ow-hf-org Prefect variable), never a fixed one.
+        org_id = configured_hf_org()
+        problem = missing_hub_org(self.config, org_id)
+        if problem:
+            raise RuntimeError(problem)
+        repo_id = self.config.output_model_name(job_id=self.inputs.job_id, org_id=org_id or "")
         api = HfApi(token=self.inputs.hf_token)
         api.create_repo(repo_id, private=self.config.push_to_private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=str(directory))

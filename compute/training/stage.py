@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from compute.stage import StageContext, StageResult
 from compute.training.recipe import FinetuneInputs, run_finetune
-from jobs.finetune import TrainingConfig
+from jobs.finetune import TrainingConfig, configured_hf_org
 
 
 def run_finetune_stage(config: TrainingConfig, context: StageContext) -> StageResult:
@@ -17,7 +17,9 @@ def run_finetune_stage(config: TrainingConfig, context: StageContext) -> StageRe
         store=context.store,
         reporter=context.reporter,
         hf_token=context.secrets.get("hf-token"),
-        output_model_name=config.output_model_name(job_id=context.job_id, org_id="ow"),
+        # The organisation the user configured; without one the name keeps its {org_id} placeholder
+        # (pushing then refuses, naming the setting).
+        output_model_name=config.output_model_name(job_id=context.job_id, org_id=configured_hf_org() or "{org_id}"),
         logp_paths={name: context.local_file(file_id) for name, file_id in config.logp_callback_datasets.items()},
         sampling_paths=[context.local_file(callback.dataset) for callback in config.sampling_callbacks or []],
     )

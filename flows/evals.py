@@ -5,7 +5,7 @@ stage only on a miss). ``eval/sweep`` evaluates a list of models on a list of ev
 it groups models by base model (one server, or one loaded model, serves a base and all its
 adapters), runs each evaluation that is not already stored as its own flow run, and publishes
 one comparison table (models × evaluations) under a stable artifact key, so each run of the
-sweep is a new version of the same table.
+sweep is a new version of the same table, and the same scores as a bar chart (key ``…-chart``).
 
 The nightly sweep's models and evaluations can live in a Prefect Variable
 (``ow-eval-sweep-<sweep_name>``: ``{"models": [...], "evals": [...]}``), editable in the UI, so
@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.variables import Variable
 
 from client import runs
@@ -66,11 +66,16 @@ def eval_sweep(
         if not final.state.is_completed():
             failures.append(f"{final.name}: {final.state_name} ({final.state.message})")
     table = comparison_table(config, planned, store)
-    create_table_artifact(
-        table=table,
-        key=f"eval-sweep-{sweep_name}".lower().replace("_", "-"),
-        description=f"Sweep {sweep_name}: {len(config.models)} models × {len(config.evals)} evaluations",
-    )
+    table_key = f"eval-sweep-{sweep_name}".lower().replace("_", "-")
+    description = f"Sweep {sweep_name}: {len(config.models)} models × {len(config.evals)} evaluations"
+    create_table_artifact(table=table, key=table_key, description=description)
+    try:
+        chart = comparison_chart_markdown(config, table)
+    except Exception as exc:  # noqa: BLE001 - the chart repeats the table; it is not worth failing the sweep for
+        logger.warning("could not draw the comparison chart: %s", exc)
+        chart = None
+    if chart:
+        create_markdown_artifact(markdown=chart, key=f"{table_key}-chart", description=description)
     if failures:
         raise RuntimeError(f"{len(failures)} evaluation(s) failed: " + "; ".join(failures))
     return {"table": table, "ran": len(submitted), "reused": len(planned) - len(submitted)}
@@ -85,6 +90,17 @@ def comparison_table(config: SweepConfig, planned, store) -> list[dict[str, Any]
         for model, served_name in job.served_names.items():
             scores[(model, job.eval.name)] = record_scores.get(served_name)
     return [{"model": model, **{e.name: scores.get((model, e.name)) for e in config.evals}} for model in config.models]
+
+
+def comparison_chart_markdown(config: SweepConfig, table: list[dict[str, Any]]) -> str | None:
+    """The comparison table as a chart (score per model per evaluation) in markdown; None without scores."""
+    from tasks.charts import image_markdown, scores_chart_png
+
+    png = scores_chart_png(table, [e.name for e in config.evals])
+    if png is None:
+        return None
+    caption = f"Sweep `{config.sweep_name}`: each model's score on each evaluation (the table artifact has the numbers)."
+    return image_markdown(f"scores of sweep {config.sweep_name}", png, caption=caption)
 
 
 def _sweep_config(sweep_name: str, models: list[str] | None, evals: list[SweepEval] | None) -> SweepConfig:

@@ -25,7 +25,7 @@ from infra.local.cpu_policy import prioritise_calling_thread
 from jobs.costs import JobCost, cost_line
 from jobs.records import JobRecord, result_key
 from jobs.registry import get_job_spec
-from tasks.reporting import PrefectReporter, emit_job_event
+from tasks.reporting import PrefectReporter, emit_job_event, opens_in_a_browser, short_job_id
 
 
 # No log_prints: the stage reports through its reporter, and a custom job's output is logged line by
@@ -103,16 +103,22 @@ def gpu_stage(job_type: str, job_id: str, params: dict[str, Any], store_block: s
 
 
 def summary_markdown(record: JobRecord, cached: bool = False) -> str:
-    """The end-of-job summary shown in the flow run."""
-    lines = [f"# {record.job_type} job `{record.job_id}`", ""]
+    """The end-of-job summary shown in the flow run.
+
+    The heading carries the short job ID; the full one follows as code, to select and copy.
+    """
+    lines = [f"# {record.job_type} job {short_job_id(record.job_id)}", "", f"- job ID: `{record.job_id}`"]
     if cached:
-        lines += ["**Cache hit**: an identical job already completed; nothing was recomputed.", ""]
+        lines[1:1] = ["", "**Cache hit**: an identical job already completed; nothing was recomputed."]
     if record.base_model:
         lines.append(f"- base model: `{record.base_model}`")
-    lines.append(f"- took: {record.completed_at - record.started_at:.1f} s")
+    lines.append(f"- took: {_duration(record.completed_at - record.started_at)}")
     lines += _cost_lines(record.cost, cached)
     lines += ["", "## Outputs", ""]
-    lines += [f"- **{name}**: `{uri}`" for name, uri in record.outputs.items()] or ["- (none)"]
+    lines += [_output_line(name, uri) for name, uri in record.outputs.items()] or ["- (none)"]
+    if any(not opens_in_a_browser(uri) for uri in record.outputs.values()):
+        # A browser cannot follow file:// from a web page (nor s3://): say what does fetch them.
+        lines += ["", f"Download the outputs with `ow fetch {record.job_id} -o DIRECTORY`."]
     scalar_metrics = {k: v for k, v in record.metrics.items() if isinstance(v, (int, float, str)) and v is not None}
     if scalar_metrics:
         lines += ["", "## Metrics", "", "| metric | value |", "| --- | --- |"]
@@ -139,5 +145,24 @@ def _cost_lines(cost: JobCost | None, cached: bool) -> list[str]:
     return lines
 
 
+def _output_line(name: str, uri: str) -> str:
+    if opens_in_a_browser(uri):
+        return f"- **{name}**: [{uri}]({uri})"
+    if uri.startswith("file://"):
+        return f"- **{name}**: `{uri[len('file://'):]}` (a directory on the machine that holds the local store)"
+    return f"- **{name}**: `{uri}`"
+
+
+def _duration(seconds: float) -> str:
+    """``42.1 s``, ``12 min 5 s``, ``3 h 04 min``: as precise as a person reads a duration."""
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    minutes, whole_seconds = divmod(round(seconds), 60)
+    if minutes < 90:
+        return f"{minutes} min {whole_seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
 def _format(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,9 +1,10 @@
 """The Prefect side of :class:`compute.reporting.Reporter`: artifacts, logs and events.
 
 What a user sees in the flow run of a job: a progress artifact (updated at most every
-``progress_interval`` seconds), a metrics table (loss, learning rate, grad norm, eval loss, …;
-a new version at most every ``table_interval`` seconds, less often once the table is long (see
-:func:`metrics_table_interval`), and at the end), tables the job
+``progress_interval`` seconds), a metrics table (loss, learning rate, grad norm, eval loss, …,
+rounded to :data:`METRIC_DIGITS` significant digits; a new version at most every ``table_interval``
+seconds, less often once the table is long (see :func:`metrics_table_interval`), and at the end),
+a loss-curve chart redrawn with each version of that table (:mod:`tasks.charts`), tables the job
 publishes (samples, eval results), log lines, and ``ow.job.*`` events automations can react to.
 
 Every call that talks to the Prefect API goes through one background sender thread, in order:
@@ -15,6 +16,7 @@ A report that fails is logged and dropped; the UI is not worth a lost training r
 from __future__ import annotations
 
 import contextvars
+import math
 import queue
 import re
 import threading
@@ -30,12 +32,19 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
 from prefect.events import emit_event
 
 from infra.local.cpu_policy import schedule_this_thread_as_batch
+from tasks.charts import image_markdown, loss_curve_png
 
 METRIC_COLUMNS_FIRST = ("step", "loss", "eval_loss", "learning_rate", "grad_norm", "epoch")
+METRIC_DIGITS = 4
 SECONDS_PER_TABLE_ROW = 0.05
+SHORT_DIGEST_LENGTH = 12
+# Schemes a browser opens from a web page; file:// (a local-directory store) and s3:// are not.
+BROWSER_SCHEMES = ("http://", "https://")
 
 
 def metrics_table_interval(rows: int, minimum: float) -> float:
@@ -49,11 +58,31 @@ def metrics_table_interval(rows: int, minimum: float) -> float:
     return max(minimum, rows * SECONDS_PER_TABLE_ROW)
 
 
+def short_job_id(job_id: str) -> str:
+    """``ftjob-3f2a9c1b7d0e`` for a 64-digit job ID: enough to tell jobs apart in a heading or a key."""
+    prefix, dash, digest = job_id.partition("-")
+    return f"{prefix}{dash}{digest[:SHORT_DIGEST_LENGTH]}"
+
+
 def artifact_key(job_id: str, name: str) -> str:
-    """Artifact keys allow lower-case letters, digits and dashes; 12 hex digits tell jobs apart."""
-    prefix, _, digest = job_id.partition("-")
-    key = re.sub(r"[^a-z0-9-]+", "-", f"{prefix}-{digest[:12]}-{name}".lower())
+    """Artifact keys allow lower-case letters, digits and dashes; the short job ID tells jobs apart."""
+    key = re.sub(r"[^a-z0-9-]+", "-", f"{short_job_id(job_id)}-{name}".lower())
     return re.sub(r"-{2,}", "-", key).strip("-")
+
+
+def significant(value: Any, digits: int = METRIC_DIGITS) -> Any:
+    """``value`` rounded to ``digits`` significant digits if it is a float; anything else as it is.
+
+    A table cell stays a number (the UI sorts and aligns it), only without 17 digits of noise.
+    """
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{digits}g}")
+    return value
+
+
+def opens_in_a_browser(uri: str) -> bool:
+    """True for a URL a web page can link to (not ``file://`` on the store's machine, not ``s3://``)."""
+    return uri.startswith(BROWSER_SCHEMES)
 
 
 def emit_job_event(name: str, job_id: str, job_type: str, payload: dict[str, Any] | None = None) -> None:
@@ -123,6 +152,7 @@ class PrefectReporter:
         self.rows: list[dict[str, Any]] = []
         self._sender = ReportSender(self.logger)
         self._progress_id = None
+        self._loss_curve_id = None
         self._last_progress = 0.0
         self._last_table = 0.0
         self._last_fraction = -1.0
@@ -177,14 +207,36 @@ class PrefectReporter:
             return
         columns = [c for c in METRIC_COLUMNS_FIRST if any(c in row for row in self.rows)]
         columns += sorted({key for row in self.rows for key in row} - set(columns))
-        table = [{column: row.get(column) for column in columns} for row in self.rows]
+        table = [{column: significant(row.get(column)) for column in columns} for row in self.rows]
         self._sender.send(
             create_table_artifact,
             table=table,
             key=artifact_key(self.job_id, "metrics"),
             description=f"Metrics logged by {self.job_id}",
         )
+        # Drawn on the sender thread from a copy: matplotlib's import and drawing never stall a step.
+        self._sender.send(self._send_loss_curve, [dict(row) for row in self.rows])
         self._last_table = time.monotonic()
+
+    def _send_loss_curve(self, rows: list[dict[str, Any]]) -> None:
+        """The loss-curve chart: created once, then updated in place (one stored image, not one a version)."""
+        png = loss_curve_png(rows)
+        if png is None:  # no loss logged (yet): nothing worth drawing
+            return
+        last_step = rows[-1].get("step")
+        markdown = image_markdown(
+            f"loss curve of {self.job_id}",
+            png,
+            caption=f"Loss and learning rate of {short_job_id(self.job_id)} up to step {last_step} (the metrics table has the numbers).",
+        )
+        description = f"Loss curve of {short_job_id(self.job_id)}, up to step {last_step}"
+        if self._loss_curve_id is None:
+            self._loss_curve_id = create_markdown_artifact(
+                markdown=markdown, key=artifact_key(self.job_id, "loss-curve"), description=description
+            )
+        else:
+            with get_client(sync_client=True) as client:
+                client.update_artifact(self._loss_curve_id, ArtifactUpdate(data=markdown, description=description))
 
     def drain(self) -> None:
         """Wait until every report so far has reached the API (before the flow run ends)."""
@@ -195,8 +247,13 @@ class PrefectReporter:
         if self._last_fraction >= 0 and self._last_fraction < 100:
             self._sender.send(self._send_progress, 100.0, "done")
         for name, uri in links.items():
-            if "://" not in uri:  # e.g. a file ID: shown in the summary, not a clickable link
+            if not opens_in_a_browser(uri):  # a file ID, file://, s3://: the summary says how to get it
                 continue
             self.link(name, uri, f"{name}: {uri}")
-        self._sender.send(create_markdown_artifact, markdown=summary_markdown, key=artifact_key(self.job_id, "summary"))
+        self._sender.send(
+            create_markdown_artifact,
+            markdown=summary_markdown,
+            key=artifact_key(self.job_id, "summary"),
+            description=f"Summary of {short_job_id(self.job_id)}",
+        )
         self.drain()

@@ -31,6 +31,7 @@ help:
 	@echo "make test   - set up and run the whole test suite"
 	@echo "make start  - start (or reuse) Prefect + the workers and deployments, without the demo"
 	@echo "make stop   - stop the Prefect server and workers that make demo started"
+	@echo "make production DATABASE_URL=postgresql://… REDIS_URL=redis://… - the production profile (scripts/production.py)"
 	@echo "make lint   - ruff"
 	@echo "make lock   - re-resolve dependencies and rewrite constraints.txt"
 
@@ -50,8 +51,23 @@ demo: install
 start: install
 	$(BIN)/python scripts/services.py start
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# tests/test_browser.py opens the Prefect UI in Debian's headless Chromium, driven through its
+# chromedriver (no browser download). Installed once where it is missing and apt-get can (as root).
+.PHONY: browser
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else echo "tests/test_browser.py needs chromium and chromedriver (Debian: apt-get install chromium chromium-driver)"; fi
+
+# The production profile: Prefect on PostgreSQL + Redis, several API processes behind one URL
+# (README, "Production profile"). `python scripts/production.py stop|status` for the rest.
+.PHONY: production
+production: install
+	$(BIN)/python scripts/production.py start --database-url '$(DATABASE_URL)' --redis-url '$(REDIS_URL)'
 
 stop:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/services.py stop; else echo "nothing to stop"; fi

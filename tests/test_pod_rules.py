@@ -291,6 +291,29 @@ def test_the_sweep_ends_a_doubled_pod_of_a_run_that_runs_elsewhere(pod, infrastr
 
 
 
+@pytest.mark.parametrize(
+    ("status", "final_for", "terminate"),
+    [
+        ("RUNNING", 5.0, False),  # another worker may be giving it its final-state grace
+        ("RUNNING", 700.0, True),  # past any grace: an orphan
+        ("RUNNING", None, True),  # when the run ended is unknown: as before
+        ("EXITED", 5.0, True),  # stopped: nothing left in it to wait for
+    ],
+)
+def test_the_sweep_leaves_a_finished_runs_running_pod_its_final_state_grace(status, final_for, terminate):
+    pod = RUNNING_POD.model_copy(update={"status": status, "created_at": NOW - dt.timedelta(minutes=5)})
+    decision = judge(
+        pod,
+        flow_run_id=RUN_ID,
+        flow_run_exists=True,
+        state=StateType.COMPLETED,
+        flow_run_started=True,
+        final_for_seconds=final_for,
+        now=NOW,
+    )
+    assert (decision is not None) is terminate
+
+
 LAST_SEEN = Pod(id="abc", status="RUNNING", runtime_up=True, uptime_seconds=42)
 
 

@@ -39,6 +39,11 @@ from infra.worker.pod_spec import (
 # A pod of a run whose infrastructure PID names another pod is a doubled create, once older than
 # this: a run's new pod is young until the worker records its id (seconds after the create).
 DOUBLED_POD_GRACE_S = 120.0
+# A pod whose run has just ended may still be watched by the worker that launched it (another worker of
+# the pool): that worker gives it up to final_state_grace_seconds (at most 600) to end itself before it
+# terminates it. The sweep leaves such a pod, while it still runs, alone until then, so it never cuts an engine's last logs or
+# completion hooks short; an orphan of a finished run bills at most this much longer.
+FINISHED_RUN_GRACE_S = 660.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ def judge(
     state: StateType | None,
     flow_run_started: bool | None = False,
     infrastructure_pid: str | None = None,
+    final_for_seconds: float | None = None,
     now: dt.datetime | None = None,
 ) -> SweepDecision | None:
     """Whether to terminate one of the pool's pods nobody in this worker watches; None: leave it.
@@ -70,6 +76,9 @@ def judge(
         return SweepDecision(f"flow run {flow_run_id} no longer exists")
     phase = flow_run_phase(state)
     if phase is FlowRunPhase.FINISHED:
+        still_up = pod.status not in (PodStatus.EXITED, PodStatus.ERROR)
+        if still_up and final_for_seconds is not None and final_for_seconds < FINISHED_RUN_GRACE_S:
+            return None  # its engine may still be finishing, its own worker giving it its final-state grace
         return SweepDecision(f"flow run {flow_run_id} is already {state.value if state else 'final'}")
     age = pod.age_seconds(now or dt.datetime.now(dt.UTC))
     if (
@@ -138,13 +147,15 @@ async def sweep_orphaned_pods(
         if pod.id in watched_pod_ids or not belongs_to_pool(pod, work_pool_name):
             continue
         flow_run_id = flow_run_id_of(pod)
-        exists, state, started, infrastructure_pid = True, None, None, None
+        exists, state, started, infrastructure_pid, final_for = True, None, None, None, None
         if flow_run_id is not None:
             try:
                 flow_run = await prefect_client.read_flow_run(flow_run_id)
                 state = flow_run.state.type if flow_run.state else None
                 started = flow_run.start_time is not None
                 infrastructure_pid = flow_run.infrastructure_pid
+                if flow_run.state is not None and flow_run.state.is_final() and flow_run.state.timestamp:
+                    final_for = (dt.datetime.now(dt.UTC) - flow_run.state.timestamp).total_seconds()
             except ObjectNotFound:
                 exists = False
             except Exception as exc:  # noqa: BLE001 - Prefect unreachable: only max_run_hours applies
@@ -156,6 +167,7 @@ async def sweep_orphaned_pods(
             state=state,
             flow_run_started=started,
             infrastructure_pid=infrastructure_pid,
+            final_for_seconds=final_for,
         )
         if decision is None:
             continue

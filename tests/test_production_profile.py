@@ -1,0 +1,209 @@
+"""The production profile end to end: the project on a Prefect server backed by PostgreSQL and Redis.
+
+The server is what ``make production`` starts (``infra/production/server.py``): two API processes
+behind one URL, the background services in a third process, a database and a Redis database of its
+own (``tests/fixtures/production.py``). Through it, the paths that matter at scale: a fine-tuning job
+from submission to result, its cache hit, identical submissions at once training once, a
+cancellation reaching the GPU stage, events crossing from one API process to another through Redis,
+and the ``runpod`` worker launching into the emulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.states import Cancelling, Running
+
+from infra.local import stack as local_stack
+from tests import runpod_flows
+from tests.fixtures.jobs import FAST_SFT
+from tests.fixtures.production import ProductionStack
+from tests.fixtures.runpod import (
+    create_runpod_pool,
+    delete_runpod_pool,
+    deploy_to_pool,
+    make_emulator,
+    pods_of,
+    start_worker_process,
+    submit,
+    wait_for_flow_run,
+)
+
+
+@pytest.fixture(scope="module")
+def sft_params(production_stack: ProductionStack, tiny_model_dir: Path, conversations_path: Path):
+    training_file = production_stack.upload(conversations_path, "conversations")
+
+    def build(**overrides) -> dict:
+        # One epoch (6 steps): these tests are about the orchestration, test_finetune_flow about the loss.
+        return {"model": str(tiny_model_dir), "training_file": training_file, **FAST_SFT, "epochs": 1, **overrides}
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def submitted_twice(production_stack: ProductionStack, sft_params):
+    """One fine-tuning job submitted twice at once, both waited for: the two control runs."""
+    runs = [production_stack.submit("finetune/sft", sft_params()) for _ in range(2)]
+    return [production_stack.wait(run.id, timeout=600) for run in runs]
+
+
+def test_the_server_runs_on_postgresql_and_redis_with_two_api_processes(production_stack: ProductionStack):
+    env = _environment(production_stack.api_pid)
+    assert env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    assert env["PREFECT_MESSAGING_BROKER"] == "prefect_redis.messaging"
+    assert env["PREFECT_SERVER_DOCKET_URL"] == production_stack.redis_url
+    api_processes = [child for child in _children(production_stack.api_pid) if "spawn_main" in child]
+    assert len(api_processes) == 2, api_processes
+
+
+def test_identical_submissions_at_once_train_once_and_store_the_result(production_stack, submitted_twice):
+    stack = production_stack
+
+    assert all(run.state.type == StateType.COMPLETED for run in submitted_twice), [
+        run.state.message for run in submitted_twice
+    ]
+    [job_id] = {stack.job_id_of(run) for run in submitted_twice}
+    [stage] = stack.gpu_stage_runs(job_id)
+    assert stage.state.type == StateType.COMPLETED
+    record = stack.store.read_json(f"jobs/{job_id}/result.json")
+    assert record["metrics"]["final_loss"] is not None
+    assert stack.store.exists(f"jobs/{job_id}/adapter/adapter_config.json")
+
+
+def test_an_identical_resubmission_is_a_cache_hit_that_starts_no_gpu_stage(production_stack, submitted_twice, sft_params):
+    stack = production_stack
+    job_id = stack.job_id_of(submitted_twice[0])
+
+    again = stack.run("finetune/sft", sft_params(), timeout=300)
+
+    assert again.state.type == StateType.COMPLETED, again.state.message
+    assert stack.job_id_of(again) == job_id
+    states = {task.name.rsplit("-", 1)[0]: task.state.name for task in stack.task_runs(again.id)}
+    assert states["gpu-stage"] == "Cached"
+    assert len(stack.gpu_stage_runs(job_id)) == 1
+
+
+def test_cancelling_a_job_cancels_its_running_gpu_stage(production_stack, sft_params):
+    stack = production_stack
+    params = sft_params(seed=23, epochs=40)  # 240 steps: still training when the cancellation lands
+    control = stack.submit("finetune/sft", params)
+    stage = _wait_for_running_gpu_stage(stack, control.id)
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(control.id, Cancelling(message="cancelled by the test"), force=True)
+
+    assert stack.wait(control.id, timeout=120).state.type == StateType.CANCELLED
+    assert stack.wait(stage.id, timeout=120).state.type == StateType.CANCELLED
+    assert not stack.store.exists(f"jobs/{stack.job_id_of(stage)}/result.json")
+
+
+@pytest.fixture(scope="module")
+def second_api(production_stack: ProductionStack, tmp_path_factory) -> Iterator[str]:
+    """One more API process of the same server on a port of its own (as on another host); its URL."""
+    from infra.production.server import start_api
+
+    port = local_stack.free_port()
+    log = tmp_path_factory.mktemp("second-api") / "prefect-api.log"
+    process = start_api(production_stack.server_env, port, log, workers=1, ui=False)
+    try:
+        local_stack.wait_healthy(local_stack.api_url(port), timeout=120, process=process)
+        yield local_stack.api_url(port)
+    finally:
+        local_stack.stop_process(process.pid)
+
+
+def test_a_state_change_through_one_api_process_reaches_a_subscriber_of_another(production_stack, second_api):
+    """The event stream crosses API processes through Redis: what the control tier's wait relies on."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(_not_deployed)  # no deployment: no worker picks it up
+
+    with temporary_settings(updates={PREFECT_API_URL: second_api}):
+        received = asyncio.run(_first_running_event(flow_run.id, lambda: _set_running(production_stack.api_url, flow_run.id)))
+
+    assert received.resource.id == f"prefect.flow-run.{flow_run.id}"
+
+
+def test_a_runpod_worker_on_another_api_process_runs_a_flow_in_an_emulated_pod(production_stack, second_api, tmp_path):
+    """Submitted through the server's URL, launched and run through the other API process."""
+    with make_emulator(tmp_path) as emulator:
+        pool = create_runpod_pool(emulator)
+        worker = start_worker_process(pool.name, tmp_path / "workers", PREFECT_API_URL=second_api)
+        try:
+            deployment = deploy_to_pool(runpod_flows.say_hello, pool.name)
+            flow_run_id = submit(deployment, {"name": "production"})
+
+            flow_run = wait_for_flow_run(flow_run_id, timeout=180)
+
+            assert flow_run.state.is_completed(), flow_run.state
+            [pod] = pods_of(emulator, flow_run_id)
+            assert flow_run.infrastructure_pid == pod.id
+            assert pod.env["PREFECT_API_URL"] == second_api
+            emulator.wait_until(lambda: pod.status == "TERMINATED", 30, "the pod to be terminated")
+        finally:
+            worker.stop()
+            delete_runpod_pool(pool)
+
+
+@flow
+def _not_deployed() -> None:
+    """A flow run only created, so that setting its state through the API emits an event."""
+
+
+def _children(pid: int) -> list[str]:
+    """Command lines of the direct children of ``pid``."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode() for child in children]
+
+
+def _environment(pid: int) -> dict[str, str]:
+    """The environment ``pid`` was started with."""
+    entries = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
+
+
+def _wait_for_running_gpu_stage(stack, control_run_id, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            control = client.read_flow_run(control_run_id)
+        job_tags = [tag for tag in control.tags if tag.startswith("ow-job:")]
+        if job_tags:
+            for stage in stack.gpu_stage_runs(job_tags[0].split(":", 1)[1]):
+                if stage.state.type == StateType.RUNNING:
+                    return stage
+        time.sleep(0.5)
+    raise TimeoutError("the GPU stage never started running")
+
+
+def _set_running(api_url: str, flow_run_id) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, Running(), force=True)
+
+
+async def _first_running_event(flow_run_id, trigger, timeout: float = 60):
+    """Subscribe to the flow run's ``Running`` state events, call ``trigger``, return the first one."""
+    from prefect.events.clients import get_events_subscriber
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    event_filter = EventFilter(
+        event=EventNameFilter(name=["prefect.flow-run.Running"]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+    )
+    async with get_events_subscriber(filter=event_filter) as subscriber:
+        await asyncio.to_thread(trigger)
+        async with asyncio.timeout(timeout):
+            async for event in subscriber:
+                return event
+    raise AssertionError("the subscription ended without an event")

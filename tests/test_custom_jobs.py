@@ -7,6 +7,7 @@ from prefect.client.schemas.objects import StateType
 from pydantic import BaseModel, Field
 
 from tests.fixtures.jobs import register_script_job
+from tests.fixtures.stack import noisy_lines
 
 
 class EchoParams(BaseModel):
@@ -62,6 +63,7 @@ def test_custom_job_runs_its_script_and_stores_its_outputs(ow, ow_stack, script,
     out = job.download(tmp_path / "out")
     assert (out / "outputs" / "echo.txt").read_text() == "hello hello hello"
     assert "echoed hello" in job.logs()
+    assert noisy_lines(job.logs()) == []
 
 
 def test_parameters_are_validated_by_the_users_model_client_side_and_in_the_control_tier(ow, ow_stack, script):

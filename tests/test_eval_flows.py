@@ -56,6 +56,7 @@ def test_inspect_eval_runs_a_real_task_through_the_server_and_stores_a_readable_
     assert log.status == "success" and log.eval.task.endswith("arithmetic") and len(log.samples) == 3
     [stage] = ow_stack.gpu_stage_runs(job_id)
     scores = next(a for a in ow_stack.artifacts(stage.id) if a.key and a.key.endswith("-scores"))
+    assert ow_stack.noisy_log_lines(stage.id) == []
     assert {"model", "scorer", "metric", "value"} <= set(table_rows(scores)[0])
 
 
@@ -77,6 +78,7 @@ def test_mmlu_pro_stores_each_answer_and_a_table_that_matches_a_recount(ow_stack
     [stage] = ow_stack.gpu_stage_runs(job_id)
     table = table_rows(next(a for a in ow_stack.artifacts(stage.id) if a.key and a.key.endswith("-accuracy")))
     assert {row["category"] for row in table} == set(recount)
+    assert ow_stack.noisy_log_lines(stage.id) == []
     for row in table:
         n, correct, unparsable = recount[row["category"]]
         assert (row["n"], row["correct"], row["unparsable"]) == (n, correct, unparsable)

@@ -58,6 +58,7 @@ def test_batch_inference_with_a_trained_adapter_honours_the_sampling_options(ow_
     assert record["metrics"]["rows"] == len(ROWS)
     [stage] = ow_stack.gpu_stage_runs(job_id)
     assert any(a.key and a.key.endswith("-preview") for a in ow_stack.artifacts(stage.id))
+    assert ow_stack.noisy_log_lines(stage.id) == []
 
     again = ow_stack.run("inference/batch", params)
     assert again.state.type == StateType.COMPLETED

@@ -10,6 +10,7 @@ from prefect.client.schemas.objects import StateType
 
 from compute.backend import BackendChoice
 from jobs.datasets import RowError
+from tests.fixtures.stack import noisy_lines
 
 ROWS = [
     {"messages": [{"role": "user", "content": "What is 1 plus 2?"}, {"role": "assistant", "content": "1 plus 2 is 3."}]},
@@ -140,6 +141,7 @@ def test_ow_logprob_stores_the_forward_pass_numbers(ow, tiny_model_dir, tmp_path
     assert job.id.startswith("lpjob-")
     job.wait(timeout=600)
     assert job.status == "completed", job.logs()[-3000:]
+    assert noisy_lines(job.logs()) == []
     assert job.outputs["logprobs"].endswith(f"jobs/{job.id}/logprobs.jsonl")
     scored = [json.loads(line) for line in ow.files.content(job.outputs["file"]).decode().splitlines()]
     for row, out in zip(ROWS, scored, strict=True):

@@ -178,6 +178,7 @@ def test_a_sweep_scores_each_model_by_logprobs_and_its_tables_match_a_recount(ow
     [stage] = ow_stack.gpu_stage_runs(job_id)
     table = table_rows(next(a for a in ow_stack.artifacts(stage.id) if a.key and a.key.endswith("-accuracy")))
     assert {(row["model"], row["category"]) for row in table} == set(recount)
+    assert ow_stack.noisy_log_lines(stage.id) == []
     for row in table:
         count, correct = recount[(row["model"], row["category"])]
         assert (row["questions"], row["correct"]) == (count, correct)

@@ -64,6 +64,7 @@ def test_openai_client_talks_to_base_and_adapters_then_cancellation_closes_the_p
     assert runs.read(stage.id).state.type == StateType.CANCELLED
     assert runs.read(deployment.flow_run_id).state.type in (StateType.CANCELLED, StateType.FAILED)
     assert endpoint.api_key not in ow_stack.logs(stage.id) and endpoint.api_key not in ow_stack.logs(deployment.flow_run_id)
+    assert ow_stack.noisy_log_lines(stage.id) == []
 
 
 def test_idle_timeout_ends_the_flow_runs_and_the_server(ow_stack, tiny_model_dir):

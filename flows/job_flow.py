@@ -22,6 +22,7 @@ from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
+from prefect.states import State
 from pydantic import BaseModel, Field
 
 from blocks.storage import load_store_block
@@ -34,6 +35,7 @@ from tasks.job_control import (
     identify_job,
     launch_gpu_stage,
     launch_service_stage,
+    lost_stage_outcome,
     recovery_options,
     validate_parameters,
 )
@@ -62,7 +64,7 @@ def job_flow(job_type: str, flow_name: str, module: str, run_name: str | None = 
     """The control flow of ``job_type`` (defined in ``module`` so deployments can import it)."""
     spec = get_job_spec(job_type)
 
-    def control_flow(**params: Any) -> dict[str, Any]:
+    def control_flow(**params: Any) -> dict[str, Any] | State:
         return submit_job(job_type, params)
 
     control_flow.__signature__ = signature_from_model(spec.params_model)
@@ -73,8 +75,12 @@ def job_flow(job_type: str, flow_name: str, module: str, run_name: str | None = 
     return flow(name=flow_name, description=spec.description, flow_run_name=run_name, log_prints=True)(control_flow)
 
 
-def submit_job(job_type: str, raw_params: dict[str, Any]) -> dict[str, Any]:
-    """The control tier of one job: validate, identify, run (or reuse) the GPU stage, summarise."""
+def submit_job(job_type: str, raw_params: dict[str, Any]) -> dict[str, Any] | State:
+    """The control tier of one job: validate, identify, run (or reuse) the GPU stage, summarise.
+
+    Returns the job's record, or a Crashed state when its GPU stage lost its infrastructure on every
+    attempt recovery allows.
+    """
     logger = get_run_logger()
     params = validate_parameters(job_type, raw_params)
     identity = identify_job(job_type, params)
@@ -94,7 +100,13 @@ def submit_job(job_type: str, raw_params: dict[str, Any]) -> dict[str, Any]:
         else launch_service_stage.with_options(**recovery)
     )
     state = stage(job_id, job_type, params, job_variables, return_state=True)
-    record_dict = state.result()  # raises GpuStageFailed if the stage failed
+    gave_up = lost_stage_outcome(job_id, job_type, state)
+    if gave_up is not None:
+        # Lost on every attempt: the infrastructure failed, not the job, so the run ends Crashed
+        # (a flow that returns a state ends in it), its message naming each attempt and its pod.
+        logger.error("%s", gave_up.message)
+        return gave_up
+    record_dict = state.result()  # raises GpuStageFailed if the stage failed (the job's code, a cancellation)
     cached = state.name == "Cached"
     if cached:
         logger.info("cache hit: job %s already completed; nothing was recomputed", job_id)

@@ -11,10 +11,12 @@ resubmission runs it again.
 Recovery is Prefect's own task retry: a GPU stage that ended because its infrastructure was lost
 (the pod vanished or stopped, its container died — Crashed, but not by a limit the user set) raises
 :class:`GpuStageLost`, and the ``gpu-stage`` task is retried up to ``OW_MAX_RECOVERIES`` times (default
-3) with backoff. Each retry launches a new stage run (the failed attempt changed the idempotency key)
-under the same job ID, which resumes from what the lost one stored (training from its last complete
-checkpoint). A failure of the job's own code (Failed), a cancellation and an exhausted limit
-(``max_run_hours``, TTL, capacity wait) are never retried.
+3) after ``OW_RECOVERY_DELAY_SECONDS`` (default 10, 60, 300 s). Each retry launches a new stage run
+(the failed attempt changed the idempotency key) under the same job ID, which resumes from what the
+lost one stored (training from its last complete checkpoint). A failure of the job's own code
+(Failed), a cancellation and an exhausted limit (``max_run_hours``, TTL, capacity wait) are never
+retried. When every attempt was lost, :func:`lost_stage_outcome` gives the control flow its final
+state: Crashed, listing each attempt's stage run, pod and why it ended.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -39,21 +42,23 @@ from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import FlowRunWaitTimeout
 from prefect.flow_runs import wait_for_flow_run
-from prefect.states import Cancelling
+from prefect.states import Cancelling, Crashed, State
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from blocks.storage import load_artifact_store, store_block_name
-from jobs.records import result_key
 from jobs.registry import get_job_spec
 from jobs.tags import deployment_tag, inherited_tags, job_tag, job_type_tag
 from jobs.validation import check_inputs, validate_params
+from tasks.job_cost import record_with_cost
 
 FAILED_STATES = [StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
 
 
 MAX_RECOVERIES_ENV = "OW_MAX_RECOVERIES"
 DEFAULT_MAX_RECOVERIES = 3
-RECOVERY_DELAYS_S = [10, 60, 300]  # before the 1st, 2nd, 3rd and later recoveries
+RECOVERY_DELAYS_ENV = "OW_RECOVERY_DELAY_SECONDS"
+DEFAULT_RECOVERY_DELAYS_S = (10.0, 60.0, 300.0)  # before the 1st, 2nd, 3rd and later recoveries
+_MAX_RECOVERY_DELAY_S = 3600.0
 # Crashed by a bound the user set, or by configuration: another pod would end the same way.
 _NOT_INFRASTRUCTURE_LOSS = (
     "max_run_hours",
@@ -88,6 +93,24 @@ def max_recoveries(environ: dict[str, str] | None = None) -> int:
     return int(raw)
 
 
+def recovery_delays(environ: dict[str, str] | None = None) -> list[float]:
+    """``OW_RECOVERY_DELAY_SECONDS``: seconds to wait before each recovery, comma-separated (the last
+    repeats; default ``10,60,300``). The wait lets a flaky host or a stock-out pass; tests shorten it."""
+    raw = (environ if environ is not None else os.environ).get(RECOVERY_DELAYS_ENV, "").strip()
+    if not raw:
+        return list(DEFAULT_RECOVERY_DELAYS_S)
+    try:
+        delays = [float(part) for part in raw.split(",")]
+    except ValueError:
+        delays = []
+    if not delays or not all(0 <= delay <= _MAX_RECOVERY_DELAY_S for delay in delays):
+        raise ValueError(
+            f"{RECOVERY_DELAYS_ENV}={raw!r} must be seconds from 0 to {_MAX_RECOVERY_DELAY_S:.0f}, "
+            "comma-separated (e.g. 10,60,300)"
+        )
+    return delays
+
+
 def _recover_if_lost(task, task_run, state) -> bool:
     """Prefect's retry condition for the gpu-stage task: retry a lost stage only. The failed state's
     message names the exception (the exception object itself may not survive result persistence)."""
@@ -101,7 +124,7 @@ def recovery_options() -> dict[str, Any]:
     """``with_options`` for the gpu-stage task: retries of a lost stage, with backoff."""
     return {
         "retries": max_recoveries(),
-        "retry_delay_seconds": RECOVERY_DELAYS_S,
+        "retry_delay_seconds": recovery_delays(),
         "retry_condition_fn": _recover_if_lost,
     }
 
@@ -154,6 +177,9 @@ def run_gpu_stage(job_id: str, job_type: str, params: dict[str, Any], job_variab
     deployment = gpu_deployment_name(job_type)
     store_block = store_block_name()
     attempt = _failed_attempts(deployment, job_id)
+    from tasks.budgets import check_budget  # here, not at the top: tasks.budgets imports this module
+
+    check_budget(job_id, job_type, params, job_variables)  # a cache hit never gets here; a recovery passes
     _announce_recovery(job_id, job_type)
     stage = run_deployment(
         deployment,
@@ -177,7 +203,8 @@ def run_gpu_stage(job_id: str, job_type: str, params: dict[str, Any], job_variab
         error = error_class(f"GPU stage {stage.name} ({stage.id}) ended {state.name}: {message or 'no message'}")
         error.job_id, error.job_type = job_id, job_type
         raise error
-    return load_artifact_store().read_json(result_key(job_id))
+    # Every attempt's pods, recoveries included, priced into result.json and the cached record.
+    return record_with_cost(job_id, deployment_name=deployment, stage=stage, job_variables=job_variables)
 
 
 def _stage_tags(job_id: str, job_type: str) -> list[str]:
@@ -245,13 +272,79 @@ def _cancel_if_running(flow_run_id) -> None:
 
 
 def _failed_attempts(deployment_name: str, job_id: str) -> int:
+    return len(_job_stage_runs(deployment_name, job_id, FAILED_STATES))
+
+
+def _job_stage_runs(deployment_name: str, job_id: str, state_types: list[StateType] | None = None) -> list:
+    """The job's GPU-stage flow runs (every submission's), optionally only those in ``state_types``."""
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(deployment_name)
-        runs = client.read_flow_runs(
+        return client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
                 tags=FlowRunFilterTags(all_=[job_tag(job_id)]),
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=FAILED_STATES)),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=state_types)) if state_types else None,
             ),
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
         )
-    return len(runs)
+
+
+# -- when recovery gives up ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageAttempt:
+    """One GPU-stage run the control flow waited on, as its final message reports it."""
+
+    flow_run_name: str
+    flow_run_id: str
+    pod_id: str | None  # the run's infrastructure_pid: the RunPod pod it ran in (None: never placed)
+    state_name: str
+    message: str
+
+
+def describe_lost_attempts(job_id: str, attempts: list[StageAttempt]) -> str:
+    """The control flow's Crashed message once every attempt lost its infrastructure. Pure."""
+    recoveries = len(attempts) - 1
+    lines = [
+        f"The GPU stage of job {job_id} lost its infrastructure on every attempt ({len(attempts)}: the first "
+        f"and {recoveries} recover{'y' if recoveries == 1 else 'ies'}, the most {MAX_RECOVERIES_ENV} allows); "
+        "it was not started again. Resubmit the job to try again (fine-tuning resumes from its last checkpoint)."
+    ]
+    for number, attempt in enumerate(attempts, start=1):
+        why = " ".join(attempt.message.split()) or "no message"
+        lines.append(
+            f"- attempt {number}: stage run {attempt.flow_run_name} ({attempt.flow_run_id}) in pod "
+            f"{attempt.pod_id or '(none)'}: {attempt.state_name}: {why}"
+        )
+    return "\n".join(lines)
+
+
+def lost_stage_outcome(job_id: str, job_type: str, stage_state: State) -> State | None:
+    """The control flow's final state when the gpu-stage task gave up on a stage lost on every attempt:
+    Crashed (the infrastructure failed, not the job), its message listing each attempt. ``None`` for any
+    other outcome of the task, whose own state (Completed, or Failed by the job's code) stands."""
+    if not stage_state.is_failed() or GpuStageLost.__name__ not in (stage_state.message or ""):
+        return None
+    return Crashed(message=describe_lost_attempts(job_id, _stage_attempts(job_id, job_type, stage_state)))
+
+
+def _stage_attempts(job_id: str, job_type: str, stage_state: State) -> list[StageAttempt]:
+    """The stage runs the gpu-stage task run waited on, oldest first: the job's newest ``run_count``
+    stage runs (one per try; earlier submissions' runs come before them, a concurrent identical
+    submission waited on the same ones)."""
+    runs = sorted(_job_stage_runs(gpu_deployment_name(job_type), job_id), key=lambda run: run.created)
+    task_run_id = stage_state.state_details.task_run_id
+    if task_run_id is not None:
+        with get_client(sync_client=True) as client:
+            tries = client.read_task_run(task_run_id).run_count
+        runs = runs[-tries:] if tries else runs
+    return [
+        StageAttempt(
+            flow_run_name=run.name,
+            flow_run_id=str(run.id),
+            pod_id=run.infrastructure_pid,
+            state_name=run.state.name if run.state else "unknown",
+            message=(run.state.message or "") if run.state else "",
+        )
+        for run in runs
+    ]

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 from prefect.client.schemas.objects import StateType
+from prefect.states import Completed, Failed
 
-from tasks.job_control import DEFAULT_MAX_RECOVERIES, infrastructure_was_lost, max_recoveries
+from tasks.job_control import (
+    DEFAULT_MAX_RECOVERIES,
+    StageAttempt,
+    describe_lost_attempts,
+    infrastructure_was_lost,
+    lost_stage_outcome,
+    max_recoveries,
+    recovery_delays,
+)
 
 
 @pytest.mark.parametrize(
@@ -39,3 +48,67 @@ def test_max_recoveries_comes_from_the_environment(raw, expected):
 def test_a_bad_max_recoveries_is_refused_naming_the_variable(raw):
     with pytest.raises(ValueError, match="OW_MAX_RECOVERIES"):
         max_recoveries({"OW_MAX_RECOVERIES": raw})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(None, [10, 60, 300]), ("", [10, 60, 300]), ("1", [1]), ("0", [0]), ("2, 5.5", [2, 5.5])],
+)
+def test_recovery_delays_come_from_the_environment(raw, expected):
+    environ = {} if raw is None else {"OW_RECOVERY_DELAY_SECONDS": raw}
+    assert recovery_delays(environ) == expected
+
+
+@pytest.mark.parametrize("raw", ["-1", "3601", "soon", "1,,2", "nan", "inf"])
+def test_a_bad_recovery_delay_is_refused_naming_the_variable(raw):
+    with pytest.raises(ValueError, match="OW_RECOVERY_DELAY_SECONDS"):
+        recovery_delays({"OW_RECOVERY_DELAY_SECONDS": raw})
+
+
+def test_a_stage_lost_on_every_attempt_is_reported_attempt_by_attempt():
+    attempts = [
+        StageAttempt("ftjob-1", "run-a", "pod-a", "Crashed", "RunPod pod pod-a disappeared\nwhile Running"),
+        StageAttempt("ftjob-1", "run-b", None, "Crashed", ""),
+    ]
+
+    message = describe_lost_attempts("ftjob-1", attempts)
+
+    assert message.splitlines() == [
+        "The GPU stage of job ftjob-1 lost its infrastructure on every attempt (2: the first and 1 recovery, "
+        "the most OW_MAX_RECOVERIES allows); it was not started again. Resubmit the job to try again "
+        "(fine-tuning resumes from its last checkpoint).",
+        "- attempt 1: stage run ftjob-1 (run-a) in pod pod-a: Crashed: RunPod pod pod-a disappeared while Running",
+        "- attempt 2: stage run ftjob-1 (run-b) in pod (none): Crashed: no message",
+    ]
+
+
+@pytest.mark.parametrize(
+    "stage_state",
+    [
+        Completed(),
+        Failed(message="Task run encountered an exception GpuStageFailed: GPU stage x (1) ended Failed: ValueError"),
+        Failed(message="Task run encountered an exception GpuStageFailed: GPU stage x (1) ended Cancelled: by you"),
+    ],
+    ids=["completed", "the job's code failed", "cancelled"],
+)
+def test_only_a_stage_lost_on_its_last_attempt_turns_the_job_crashed(stage_state):
+    assert lost_stage_outcome("ftjob-1", "finetune", stage_state) is None  # the task's own outcome stands
+
+
+@pytest.mark.parametrize(
+    ("seconds", "ttl_hours", "env", "by_ttl"),
+    [
+        (3600 - 300 - 60, 1, {}, True),  # stopped at the default warning, 5 min + one check before the TTL
+        (3600 - 300 - 61, 1, {}, False),  # earlier than any warning: lost, worth recovering
+        (3600 - 30 - 60, 1, {"OW_TTL_WARNING_SECONDS": "30"}, True),
+        (3600 - 300, 1, {"OW_TTL_WARNING_SECONDS": "0"}, False),  # no warning: only the TTL itself
+        (3600, 1, {"OW_TTL_WARNING_SECONDS": "0"}, True),
+        (5, 0.004, {}, False),  # a 14.4 s TTL gets no 300 s warning: a crash at 5 s is a crash
+        (14.4, 0.004, {}, True),
+        (3600 - 360, 1, {"OW_TTL_WARNING_SECONDS": "nan"}, True),  # a bad value: the watchdog's default
+    ],
+)
+def test_a_run_stopped_by_its_ttl_warning_counts_as_the_ttl_not_as_a_lost_pod(seconds, ttl_hours, env, by_ttl):
+    from infra.worker.pod_outcome import ended_by_ttl
+
+    assert ended_by_ttl(seconds, ttl_hours, env) is by_ttl

@@ -253,6 +253,9 @@ def test_the_sweep_ends_the_pools_pods_no_flow_run_needs_and_leaves_the_rest(pre
         for label, pod_id in pods.items()
         if runpod_emulator.all_pods[pod_id].status == "TERMINATED"
     }
-    assert terminated == {"finished", "missing", "stopped"}
-    assert {pod.id for pod, _ in swept} == {pods["finished"], pods["missing"], pods["stopped"]}
+    # The finished run's pod still runs and its run ended a moment ago: the worker that launched it may
+    # be giving it its final-state grace, so the sweep leaves it (until FINISHED_RUN_GRACE_S has passed;
+    # see test_pod_rules for that rule).
+    assert terminated == {"missing", "stopped"}
+    assert {pod.id for pod, _ in swept} == {pods["missing"], pods["stopped"]}
     assert crashed.state.is_crashed() and pods["stopped"] in crashed.state.message

@@ -59,6 +59,12 @@ def _load_with_transformers(config: TrainingConfig, resolved: ResolvedModel, bac
     if config.is_peft:
         if config.load_in_4bit:
             model = prepare_model_for_kbit_training(model)
+        # The LoRA init drawn from the job's seed (unsloth's random_state does the same): the same job
+        # starts from the same weights in any process, so a recovered run's adapter is the one an
+        # uninterrupted run makes, and a rerun reproduces the first.
+        import torch
+
+        torch.manual_seed(config.seed)
         model = get_peft_model(model, lora_config(config, LoraConfig))
     return LoadedModel(model, tokenizer, backend)
 

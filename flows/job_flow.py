@@ -7,7 +7,8 @@ Every job type's control flow is built here, so every job type gets the same beh
 2. ``validate-parameters`` and ``identify-job`` fail within seconds, before any GPU stage,
    with messages naming the field, file and line;
 3. ``gpu-stage`` is cached under the job's content hash, so an identical resubmission returns
-   the stored result without a GPU-stage flow run;
+   the stored result without a GPU-stage flow run — unless ``force`` is set or one of the stored
+   outputs is gone, when it runs again and replaces the stored result;
 4. the flow run is tagged ``ow-job:<job_id>`` and gets a summary artifact.
 
 The control flows run on a cheap work pool; only ``gpu-stage`` needs a GPU.
@@ -25,10 +26,10 @@ from prefect.runtime import flow_run
 from prefect.states import State
 from pydantic import BaseModel, Field
 
-from blocks.storage import load_store_block
+from blocks.storage import load_artifact_store, load_store_block
 from flows.gpu_stage import summary_markdown
-from jobs.hardware import describe_hardware_request, gpu_stage_job_variables
-from jobs.records import JobRecord
+from jobs.hardware import FORCE_FIELD, describe_hardware_request, gpu_stage_job_variables
+from jobs.records import JobRecord, stale_reason
 from jobs.registry import get_job_spec
 from jobs.tags import job_tag, job_type_tag
 from tasks.job_control import (
@@ -56,7 +57,9 @@ def signature_from_model(model: type[BaseModel]) -> inspect.Signature:
         else:
             default_value = field.default  # PydanticUndefined for required fields
         default = Field(default=default_value, description=field.description)
-        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+        parameters.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        )
     return inspect.Signature(parameters)
 
 
@@ -72,7 +75,9 @@ def job_flow(job_type: str, flow_name: str, module: str, run_name: str | None = 
     control_flow.__qualname__ = control_flow.__name__
     control_flow.__module__ = module
     control_flow.__doc__ = spec.description
-    return flow(name=flow_name, description=spec.description, flow_run_name=run_name, log_prints=True)(control_flow)
+    return flow(name=flow_name, description=spec.description, flow_run_name=run_name, log_prints=True)(
+        control_flow
+    )
 
 
 def submit_job(job_type: str, raw_params: dict[str, Any]) -> dict[str, Any] | State:
@@ -94,12 +99,17 @@ def submit_job(job_type: str, raw_params: dict[str, Any]) -> dict[str, Any] | St
     job_variables = gpu_stage_job_variables(config, identity["vram_gb"])
     logger.info("%s", describe_hardware_request(config, identity["vram_gb"]))
     recovery = recovery_options()
+    rerun = spec.cacheable and _rerun_reason(job_id, params)
+    if rerun:
+        logger.warning("job %s runs again, not from the cache: %s", job_id, rerun)
     stage = (
-        launch_gpu_stage.with_options(result_storage=load_store_block(), **recovery)
+        launch_gpu_stage.with_options(
+            result_storage=load_store_block(), refresh_cache=bool(rerun), **recovery
+        )
         if spec.cacheable
         else launch_service_stage.with_options(**recovery)
     )
-    state = stage(job_id, job_type, params, job_variables, return_state=True)
+    state = stage(job_id, job_type, params, job_variables, rerun=bool(rerun), return_state=True)
     gave_up = lost_stage_outcome(job_id, job_type, state)
     if gave_up is not None:
         # Lost on every attempt: the infrastructure failed, not the job, so the run ends Crashed
@@ -117,6 +127,14 @@ def submit_job(job_type: str, raw_params: dict[str, Any]) -> dict[str, Any] | St
         description=f"{job_type} job {job_id}",
     )
     return {**record_dict, "cached": cached}
+
+
+def _rerun_reason(job_id: str, params: dict[str, Any]) -> str | None:
+    """Why the job's stored result must not be served (the user forced a re-run, or an output it lists
+    is gone, so a cache hit would report a job complete whose outputs no one can read); None: serve it."""
+    if params.get(FORCE_FIELD):
+        return f"{FORCE_FIELD}=true was given"
+    return stale_reason(load_artifact_store(), job_id)
 
 
 def _label_flow_run(job_id: str, job_type: str) -> None:

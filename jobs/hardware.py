@@ -34,15 +34,17 @@ from infra.runpod.hardware import HardwareOption, canonical_allowed_hardware, pa
 
 PLACEMENT_FIELDS = ("allowed_hardware", "requires_vram_gb", "image")
 MAX_COST_FIELD = "max_cost_usd"
-# What a job's ID leaves out: where it runs and what it may cost say nothing about what it computes.
-NOT_IN_JOB_ID = (*PLACEMENT_FIELDS, MAX_COST_FIELD)
+FORCE_FIELD = "force"
+# What a job's ID leaves out: where it runs, what it may cost and whether a stored result may be
+# reused say nothing about what it computes.
+NOT_IN_JOB_ID = (*PLACEMENT_FIELDS, MAX_COST_FIELD, FORCE_FIELD)
 
 AllowedHardware = Annotated[
     list[str],
     Field(
         default_factory=list,
         description='GPU counts and types the job may run on, e.g. ["2x A100", "1x H200"]: "<count>x <GPU type>", '
-        'where the type is a short name (A40, A6000, L40S, A100, A100S, H100, H100S, H100N, H200, 4090, …) or a '
+        "where the type is a short name (A40, A6000, L40S, A100, A100S, H100, H100S, H100N, H200, 4090, …) or a "
         'RunPod GPU type id such as "NVIDIA A40". Empty: the work pool\'s GPU types. Options with less GPU memory '
         "than the job needs (requires_vram_gb, else the estimate) are not used.",
     ),
@@ -91,6 +93,11 @@ class HardwareRequest(BaseModel):
         "job before any pod when it exceeds what a budget has left. Empty: estimated from the cheapest GPU "
         "that fits and the job's size. It does not stop a running pod (the pool's max_run_hours does).",
     )
+    force: bool = Field(
+        default=False,
+        description="Run the job again even if an identical job completed (its stored result is replaced). "
+        "Without it an identical job is served from the store at no cost, unless one of its outputs is gone.",
+    )
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -102,10 +109,11 @@ class HardwareRequest(BaseModel):
                 "to be a HardwareRequest"
             )
         # Fields declared on a base come first; the form (the flow's signature, built from model_fields)
-        # should show the job's own parameters first, so max_cost_usd moves to the end. Validation and
+        # should show the job's own parameters first, so max_cost_usd and force move to the end. Validation and
         # serialisation do not depend on this order.
         fields = dict(cls.__pydantic_fields__)
-        fields[MAX_COST_FIELD] = fields.pop(MAX_COST_FIELD)
+        for name in (MAX_COST_FIELD, FORCE_FIELD):
+            fields[name] = fields.pop(name)
         cls.__pydantic_fields__ = fields
 
     @field_validator("allowed_hardware", check_fields=False)
@@ -129,7 +137,9 @@ def check_image_reference(value: str | None) -> str | None:
     if value is None:
         return None
     if not value.strip():
-        raise ValueError("image is empty; give a container image such as 'ghcr.io/org/ow-prefect:1.4', or leave it unset")
+        raise ValueError(
+            "image is empty; give a container image such as 'ghcr.io/org/ow-prefect:1.4', or leave it unset"
+        )
     if not _IMAGE_REFERENCE.fullmatch(value):
         raise ValueError(
             f"image {value!r} is not a container image reference: use letters, digits and . _ - / : @ only "
@@ -165,7 +175,9 @@ def describe_hardware_request(params: BaseModel, estimated_vram_gb: float | None
     """One log line: the hardware, GPU memory and image the job asks for, and where each comes from."""
     request = params if isinstance(params, HardwareRequest) else None
     options = request.hardware_options() if request else []
-    hardware = " or ".join(option.describe() for option in options) if options else "the work pool's GPU types"
+    hardware = (
+        " or ".join(option.describe() for option in options) if options else "the work pool's GPU types"
+    )
     required = request.requires_vram_gb if request else None
     if required is not None:
         estimate = "" if estimated_vram_gb in (None, required) else f", estimate {estimated_vram_gb:.1f} GB"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from jobs.records import result_key
+from jobs.records import missing_outputs, result_key
 from store.artifact_store import ArtifactStore
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?$")
@@ -90,6 +90,12 @@ def check_model_ref(value: str, store: ArtifactStore) -> str:
         job_id = ref.value
         if not store.exists(result_key(job_id)):
             raise ModelNotFoundError(f"no completed fine-tuning job {job_id} in the artifact store")
+        gone = missing_outputs(store, store.read_json(result_key(job_id)))
+        if gone:  # found here, not after a pod started and tried to download it
+            raise ModelNotFoundError(
+                f"fine-tuning job {job_id} completed, but its {', '.join(f'{name} ({uri})' for name, uri in gone.items())} "
+                "is no longer in the artifact store; submit that job again (it is re-run when its outputs are gone)"
+            )
         return f"job:{job_id}"
     if ref.kind == "artifact":
         key = store.key_from_uri(ref.value)
@@ -122,9 +128,7 @@ def _check_hub_model(hub_id: str) -> None:
     if isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision or None), str):
         return
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        raise ModelNotFoundError(
-            f"{hub_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
-        )
+        raise ModelNotFoundError(f"{hub_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
     from huggingface_hub import HfApi
     from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -161,7 +165,9 @@ def read_model_config(value: str, store: ArtifactStore) -> dict | None:
         repo_id, _, revision = ref.value.partition("@")
         from huggingface_hub import hf_hub_download
 
-        return json.loads(Path(hf_hub_download(repo_id, "config.json", revision=revision or None)).read_text())
+        return json.loads(
+            Path(hf_hub_download(repo_id, "config.json", revision=revision or None)).read_text()
+        )
     except Exception:  # noqa: BLE001 - an estimate falls back to the model's name
         return None
 

@@ -19,7 +19,9 @@ class JobRecord(BaseModel):
     status: str = "completed"
     params: dict[str, Any] = Field(description="Parameters with defaults filled in.")
     base_model: str | None = Field(None, description="The model reference the job started from, if any.")
-    outputs: dict[str, str] = Field(default_factory=dict, description="Output name → URI in the artifact store.")
+    outputs: dict[str, str] = Field(
+        default_factory=dict, description="Output name → URI in the artifact store."
+    )
     metrics: dict[str, Any] = Field(default_factory=dict)
     details: dict[str, Any] = Field(default_factory=dict)
     code_version: str
@@ -35,3 +37,30 @@ class JobRecord(BaseModel):
 
 def result_key(job_id: str) -> str:
     return f"jobs/{job_id}/result.json"
+
+
+def missing_outputs(store: Any, record: dict[str, Any]) -> dict[str, str]:
+    """The outputs of ``record`` (name → URI) that point into ``store`` and are no longer there: deleted,
+    expired by a bucket lifecycle rule, or written to another store. Outputs outside the store (a hub
+    repository, a content ID) are not checked."""
+    gone = {}
+    for name, uri in (record.get("outputs") or {}).items():
+        key = store.key_from_uri(uri) if isinstance(uri, str) and "://" in uri else None
+        if key and not store.exists(key):
+            gone[name] = uri
+    return gone
+
+
+def stale_reason(store: Any, job_id: str) -> str | None:
+    """Why job ``job_id``'s stored result cannot be served as it is (its record or an output is gone);
+    None when it is whole, or was never stored."""
+    if not store.exists(result_key(job_id)):
+        return None
+    gone = missing_outputs(store, store.read_json(result_key(job_id)))
+    if gone:
+        return (
+            "its "
+            + ", ".join(f"{name} ({uri})" for name, uri in gone.items())
+            + " no longer in the artifact store"
+        )
+    return None

@@ -91,9 +91,9 @@ class JobSpec:
 def identity_params(params: BaseModel) -> dict[str, Any]:
     """The parameters a job ID covers: every field with its default filled in, except the hardware request.
 
-    ``allowed_hardware``, ``requires_vram_gb``, ``image`` and ``max_cost_usd`` (:mod:`jobs.hardware`) say
-    where the job runs and what it may cost, not what it computes: the same job on other hardware, or
-    with another cost cap, is the same job, and a cache hit.
+    ``allowed_hardware``, ``requires_vram_gb``, ``image``, ``max_cost_usd`` and ``force`` (:mod:`jobs.hardware`)
+    say where the job runs, what it may cost and whether a stored result may be reused, not what it
+    computes: the same job on other hardware, or with another cost cap, is the same job, and a cache hit.
     """
     hardware = set(NOT_IN_JOB_ID) if isinstance(params, HardwareRequest) else set()
     return params.model_dump(mode="json", exclude=hardware)

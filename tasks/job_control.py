@@ -4,9 +4,10 @@ The GPU stage task is cached under the job's content hash, with the artifact sto
 storage: an identical resubmission finds the stored result record and returns it without
 creating a GPU-stage flow run (so without a pod). Concurrent identical submissions are
 collapsed by the server: each launches the GPU stage with the same idempotency key
-(``<job_id>:<failed attempts so far>``), so the second gets the first's flow run and waits for
+(``<job_id>:<store>:<failed attempts so far>``), so the second gets the first's flow run and waits for
 it. A failed or cancelled stage is never cached, and bumps the attempt count so a
-resubmission runs it again.
+resubmission runs it again. A re-run (``force``, or a stored output gone) refreshes the cache and
+adds the count of completed stage runs to the key, so it gets a new stage run rather than the old one.
 
 Recovery is Prefect's own task retry: a GPU stage that ended because its infrastructure was lost
 (the pod vanished or stopped, its container died — Crashed, but not by a limit the user set) raises
@@ -162,21 +163,31 @@ def _job_id_cache_key(context, parameters: dict[str, Any]) -> str:
     result_serializer="json",
     log_prints=True,
 )
-def launch_gpu_stage(job_id: str, job_type: str, params: dict[str, Any], job_variables: dict[str, Any]) -> dict[str, Any]:
-    """Run the job's GPU stage (or join the identical one already running) and return its record."""
-    return run_gpu_stage(job_id, job_type, params, job_variables)
+def launch_gpu_stage(
+    job_id: str, job_type: str, params: dict[str, Any], job_variables: dict[str, Any], rerun: bool = False
+) -> dict[str, Any]:
+    """Run the job's GPU stage (or join the identical one already running) and return its record.
+    ``rerun``: the stored result is not to be served (forced, or an output is gone)."""
+    return run_gpu_stage(job_id, job_type, params, job_variables, rerun=rerun)
 
 
 @task(name="gpu-stage", cache_policy=NO_CACHE, persist_result=False, log_prints=True)
-def launch_service_stage(job_id: str, job_type: str, params: dict[str, Any], job_variables: dict[str, Any]) -> dict[str, Any]:
+def launch_service_stage(
+    job_id: str, job_type: str, params: dict[str, Any], job_variables: dict[str, Any], rerun: bool = False
+) -> dict[str, Any]:
     """The GPU stage of a service (never cached: every deployment is its own run)."""
     return run_gpu_stage(job_id, job_type, params, job_variables)
 
 
-def run_gpu_stage(job_id: str, job_type: str, params: dict[str, Any], job_variables: dict[str, Any]) -> dict[str, Any]:
+def run_gpu_stage(
+    job_id: str, job_type: str, params: dict[str, Any], job_variables: dict[str, Any], *, rerun: bool = False
+) -> dict[str, Any]:
     deployment = gpu_deployment_name(job_type)
     store_block = store_block_name()
-    attempt = _failed_attempts(deployment, job_id)
+    attempt = str(_failed_attempts(deployment, job_id))
+    if rerun:  # not the completed run(s) already there: a new one, shared by identical re-runs
+        completed = len(_job_stage_runs(deployment, job_id, [StateType.COMPLETED]))
+        attempt += f":rerun{completed}" if completed else ""
     from tasks.budgets import check_budget  # here, not at the top: tasks.budgets imports this module
 
     check_budget(job_id, job_type, params, job_variables)  # a cache hit never gets here; a recovery passes
@@ -200,7 +211,9 @@ def run_gpu_stage(job_id: str, job_type: str, params: dict[str, Any], job_variab
     if not state.is_completed():
         message = (state.message or "").strip()
         error_class = GpuStageLost if infrastructure_was_lost(state.type, message) else GpuStageFailed
-        error = error_class(f"GPU stage {stage.name} ({stage.id}) ended {state.name}: {message or 'no message'}")
+        error = error_class(
+            f"GPU stage {stage.name} ({stage.id}) ended {state.name}: {message or 'no message'}"
+        )
         error.job_id, error.job_type = job_id, job_type
         raise error
     # Every attempt's pods, recoveries included, priced into result.json and the cached record.
@@ -282,7 +295,9 @@ def _job_stage_runs(deployment_name: str, job_id: str, state_types: list[StateTy
         return client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
                 tags=FlowRunFilterTags(all_=[job_tag(job_id)]),
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=state_types)) if state_types else None,
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=state_types))
+                if state_types
+                else None,
             ),
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
         )

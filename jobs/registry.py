@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from jobs.code_version import import_closure
 from jobs.datasets import RowValidator
 from jobs.hardware import NOT_IN_JOB_ID, HardwareRequest
 from jobs.identity import compute_job_id, source_digest
@@ -48,7 +49,9 @@ class JobSpec:
     id_prefix: str
     params_model: type[BaseModel]
     stage: str  # "module:function" run in the GPU stage: (params, StageContext) -> StageResult
-    code_paths: tuple[str, ...]  # globs relative to the project root
+    # Source files the job's results depend on beyond what its modules import (jobs.code_version derives
+    # those): files loaded by path or by a computed name; globs relative to the project root.
+    code_paths: tuple[str, ...] = ()
     input_files: Callable[[Any], list[InputFile]] = lambda params: []
     input_models: Callable[[Any], list[InputModel]] = lambda params: []
     # (params, base model config.json or None) -> GB; drives the RunPod worker's GPU choice
@@ -65,11 +68,18 @@ class JobSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
-    def code_version(self) -> str:
-        paths = [path for pattern in self.code_paths for path in PROJECT_ROOT.glob(pattern) if path.is_file()]
-        if not paths:
+    def code_files(self) -> list[Path]:
+        """The source files of the job type: its stage's and parameter model's modules with every project
+        module they import, transitively (:mod:`jobs.code_version`), and :attr:`code_paths`."""
+        extra = [path for pattern in self.code_paths for path in PROJECT_ROOT.glob(pattern) if path.is_file()]
+        if self.code_paths and not extra:
             raise RuntimeError(f"job type {self.job_type}: no source files match {self.code_paths}")
-        return source_digest(paths, PROJECT_ROOT)
+        entry_modules = [self.stage.partition(":")[0], self.params_model.__module__]
+        return sorted({*import_closure(entry_modules, PROJECT_ROOT), *extra})
+
+    @cached_property
+    def code_version(self) -> str:
+        return source_digest(self.code_files, PROJECT_ROOT)
 
     def job_id(self, params: BaseModel, inputs: list[str]) -> str:
         """The content-hash ID: parameters with defaults (see :func:`identity_params`), input contents, code version."""

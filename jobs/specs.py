@@ -19,12 +19,16 @@ from jobs.serve import ServeConfig
 def _sft_row_needs_assistant_turn(row: dict) -> None:
     """With response-only loss, a chat row without an assistant turn trains nothing."""
     if "messages" in row and not any(message.get("role") == "assistant" for message in row["messages"]):
-        raise RowError("messages has no assistant turn, so train_on_responses_only leaves nothing to train on")
+        raise RowError(
+            "messages has no assistant turn, so train_on_responses_only leaves nothing to train on"
+        )
 
 
 def _finetune_input_files(config: TrainingConfig) -> list[InputFile]:
     training_purposes = ("conversations",) if config.loss == "sft" else ("preference",)
-    row_check = _sft_row_needs_assistant_turn if config.loss == "sft" and config.train_on_responses_only else None
+    row_check = (
+        _sft_row_needs_assistant_turn if config.loss == "sft" and config.train_on_responses_only else None
+    )
     if config.loss in WEIGHTED_LOSSES:
         training_purposes = WEIGHTED_TRAINING_PURPOSES
         row_check = weighted_training_row_check(config.train_on_responses_only)
@@ -32,9 +36,21 @@ def _finetune_input_files(config: TrainingConfig) -> list[InputFile]:
     if config.test_file:
         files.append(InputFile("test_file", config.test_file, training_purposes, row_check))
     for name, file_id in config.logp_callback_datasets.items():
-        files.append(InputFile(f"logp_callback_datasets.{name}", file_id, ("conversations", "preference", WEIGHTED_CONVERSATIONS)))
+        files.append(
+            InputFile(
+                f"logp_callback_datasets.{name}",
+                file_id,
+                ("conversations", "preference", WEIGHTED_CONVERSATIONS),
+            )
+        )
     for index, callback in enumerate(config.sampling_callbacks or []):
-        files.append(InputFile(f"sampling_callbacks[{index}].dataset", callback.dataset, ("conversations", WEIGHTED_CONVERSATIONS)))
+        files.append(
+            InputFile(
+                f"sampling_callbacks[{index}].dataset",
+                callback.dataset,
+                ("conversations", WEIGHTED_CONVERSATIONS),
+            )
+        )
     return files
 
 
@@ -50,18 +66,14 @@ FINETUNE = register(
         id_prefix="ftjob",
         params_model=TrainingConfig,
         stage="compute.training.stage:run_finetune_stage",
-        code_paths=(
-            "jobs/finetune.py",
-            "jobs/model_refs.py",
-            "compute/backend.py",
-            "compute/training/*.py",
-        ),
         input_files=_finetune_input_files,
         input_models=lambda config: [InputModel("model", config.model)],
         vram_gb=_finetune_vram_gb,
         id_suffix=lambda config: config.job_id_suffix,
         secrets=("hf-token",),
-        control_deployment=lambda config: f"finetune/{config.loss.replace('_', '-')}",  # weighted_sft: finetune/weighted-sft
+        control_deployment=lambda config: (
+            f"finetune/{config.loss.replace('_', '-')}"
+        ),  # weighted_sft: finetune/weighted-sft
         description="LoRA fine-tuning (SFT, DPO, ORPO, weighted SFT) with OpenWeights' parameters.",
     )
 )
@@ -73,7 +85,9 @@ FINETUNE = register(
 def _inference_input_files(config: InferenceConfig) -> list[InputFile]:
     from compute.generation.rows import inference_row_check
 
-    return [InputFile("input_file", config.input_file, ("conversations",), inference_row_check(config.prefill))]
+    return [
+        InputFile("input_file", config.input_file, ("conversations",), inference_row_check(config.prefill))
+    ]
 
 
 def _inference_vram_gb(config: InferenceConfig, model_config: dict | None) -> float:
@@ -88,12 +102,6 @@ INFERENCE = register(
         id_prefix="inferencejob",
         params_model=InferenceConfig,
         stage="compute.generation.stage:run_inference_stage",
-        code_paths=(
-            "jobs/inference.py",
-            "jobs/model_refs.py",
-            "compute/backend.py",
-            "compute/generation/*.py",
-        ),
         input_files=_inference_input_files,
         input_models=lambda config: [InputModel("model", config.model)],
         vram_gb=_inference_vram_gb,
@@ -116,15 +124,9 @@ LOGPROBS = register(
         id_prefix="lpjob",  # OpenWeights' prefix for its logprob jobs
         params_model=LogprobsConfig,
         stage="compute.logprobs.stage:run_logprobs_stage",
-        code_paths=(
-            "jobs/logprobs.py",
-            "jobs/model_refs.py",
-            "compute/backend.py",
-            "compute/logprobs/*.py",
-            "compute/generation/*.py",
-            "compute/training/examples.py",
-        ),
-        input_files=lambda config: [InputFile("input_file", config.input_file, ("conversations",), check_logprobs_row)],
+        input_files=lambda config: [
+            InputFile("input_file", config.input_file, ("conversations",), check_logprobs_row)
+        ],
         input_models=lambda config: [InputModel("model", config.model)],
         vram_gb=_logprobs_vram_gb,
         id_suffix=lambda config: config.job_id_suffix,
@@ -151,9 +153,13 @@ def _serve_checks(config: ServeConfig, store) -> list[str]:
 
     problems = []
     if adapter_base(config.model, store) is not None:
-        problems.append(f"model: {config.model!r} is a LoRA adapter; serve its base model and list it in lora_adapters")
+        problems.append(
+            f"model: {config.model!r} is a LoRA adapter; serve its base model and list it in lora_adapters"
+        )
     try:
-        check_adapter_bases(config, {adapter: adapter_base(adapter, store) for adapter in config.lora_adapters})
+        check_adapter_bases(
+            config, {adapter: adapter_base(adapter, store) for adapter in config.lora_adapters}
+        )
     except MixedBaseModelsError as exc:
         problems.append(f"lora_adapters: {exc}")
     return problems
@@ -163,7 +169,10 @@ def _serve_vram_gb(config: ServeConfig, model_config: dict | None) -> float:
     from compute.vram import estimate_inference_vram_gb
 
     return estimate_inference_vram_gb(
-        model_config, config.model, max_model_len=config.max_model_len, max_num_seqs=min(config.max_num_seqs, 64)
+        model_config,
+        config.model,
+        max_model_len=config.max_model_len,
+        max_num_seqs=min(config.max_num_seqs, 64),
     )
 
 
@@ -173,7 +182,6 @@ SERVE = register(
         id_prefix="apijob",
         params_model=ServeConfig,
         stage="compute.serving.stage:run_serve_stage",
-        code_paths=("jobs/serve.py", "jobs/model_refs.py", "compute/backend.py", "compute/serving/*.py"),
         input_models=_serve_models,
         vram_gb=_serve_vram_gb,
         extra_checks=_serve_checks,
@@ -218,7 +226,9 @@ def _inspect_checks(config: InspectEvalConfig, store) -> list[str]:
         if ref.file:
             with tempfile.TemporaryDirectory() as directory:
                 local = download_file(store, ref.file, Path(directory))
-                resolve_inspect_task(ref, task_args=config.task_args, local_file=local.rename(local.with_suffix(".py")))
+                resolve_inspect_task(
+                    ref, task_args=config.task_args, local_file=local.rename(local.with_suffix(".py"))
+                )
         else:
             resolve_inspect_task(ref, task_args=config.task_args)
     except InspectTaskError as exc:
@@ -244,14 +254,6 @@ INSPECT = register(
         id_prefix="inspectjob",
         params_model=InspectEvalConfig,
         stage="compute.evals.stage:run_inspect_stage",
-        code_paths=(
-            "jobs/evals.py",
-            "jobs/model_refs.py",
-            "compute/backend.py",
-            "compute/evals/stage.py",
-            "compute/evals/inspect_*.py",
-            "compute/serving/*.py",
-        ),
         input_files=_inspect_input_files,
         input_models=_eval_models,
         vram_gb=_eval_vram_gb,
@@ -275,14 +277,6 @@ MMLU_PRO = register(
         id_prefix="mmlujob",
         params_model=MmluProConfig,
         stage="compute.evals.stage:run_mmlu_pro_stage",
-        code_paths=(
-            "jobs/evals.py",
-            "jobs/model_refs.py",
-            "compute/backend.py",
-            "compute/evals/stage.py",
-            "compute/evals/mmlu_pro/*.py",
-            "compute/generation/*.py",
-        ),
         input_files=_mmlu_input_files,
         input_models=_eval_models,
         vram_gb=_eval_vram_gb,
@@ -299,16 +293,6 @@ MULTIPLE_CHOICE = register(
         id_prefix="mcjob",  # OpenWeights' prefix for its multiple_choice jobs
         params_model=MultipleChoiceConfig,
         stage="compute.evals.multiple_choice:run_multiple_choice_stage",
-        code_paths=(
-            "jobs/evals.py",
-            "jobs/multiple_choice.py",
-            "jobs/model_refs.py",
-            "compute/backend.py",
-            "compute/evals/multiple_choice.py",
-            "compute/logprobs/*.py",
-            "compute/generation/*.py",
-            "compute/training/examples.py",
-        ),
         input_files=lambda config: [InputFile("questions_file", config.questions_file, (QUESTIONS_PURPOSE,))],
         input_models=_eval_models,
         vram_gb=_eval_vram_gb,
@@ -324,8 +308,13 @@ MULTIPLE_CHOICE = register(
 
 
 def _custom_input_files(config: CustomJobConfig) -> list[InputFile]:
-    files = [InputFile(f"mounted_files[{path!r}]", file_id, (file_id.split(":", 1)[0],)) for path, file_id in config.mounted_files.items()]
-    files += [InputFile("params", file_id, (file_id.split(":", 1)[0],)) for file_id in config.input_file_ids()]
+    files = [
+        InputFile(f"mounted_files[{path!r}]", file_id, (file_id.split(":", 1)[0],))
+        for path, file_id in config.mounted_files.items()
+    ]
+    files += [
+        InputFile("params", file_id, (file_id.split(":", 1)[0],)) for file_id in config.input_file_ids()
+    ]
     return files
 
 
@@ -335,7 +324,6 @@ CUSTOM = register(
         id_prefix="customjob",
         params_model=CustomJobConfig,
         stage="compute.custom_stage:run_custom_stage",
-        code_paths=("jobs/custom.py", "compute/custom_stage.py"),
         input_files=_custom_input_files,
         vram_gb=lambda config, model_config: config.requires_vram_gb,
         extra_checks=lambda config, store: check_params_against_schema(config),

@@ -118,7 +118,7 @@ def test_changing_the_job_code_changes_the_id(tmp_path):
 def test_code_version_covers_the_finetune_sources():
     from jobs.registry import PROJECT_ROOT
 
-    covered = {p.relative_to(PROJECT_ROOT).as_posix() for pattern in FINETUNE.code_paths for p in PROJECT_ROOT.glob(pattern)}
+    covered = {p.relative_to(PROJECT_ROOT).as_posix() for p in FINETUNE.code_files}
     assert {"jobs/finetune.py", "compute/training/recipe.py", "compute/training/examples.py"} <= covered
     assert len(FINETUNE.code_version) == 64
 

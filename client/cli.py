@@ -91,7 +91,14 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def _ls(args: argparse.Namespace) -> int:
     jobs = _jobs().list(limit=args.limit, type=args.type, status=args.status)
     rows = [
-        (job.id, job.type or "-", job.status, str(job.model or "-"), _age(job.created_at), _cost_cell(job.cost))
+        (
+            job.id,
+            job.type or "-",
+            job.status,
+            str(job.model or "-"),
+            _age(job.created_at),
+            _cost_cell(job.cost),
+        )
         for job in jobs
     ]
     _print_table(("JOB ID", "TYPE", "STATUS", "MODEL", "AGE", "COST"), rows)
@@ -109,7 +116,9 @@ def _costs(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     if not charges:
-        window = (f" since {args.since}" if args.since else "") + (f" until {args.until}" if args.until else "")
+        window = (f" since {args.since}" if args.since else "") + (
+            f" until {args.until}" if args.until else ""
+        )
         print(LOCAL_MESSAGE if costs.gpu_is_local() else f"no GPU spend recorded{window}")
         return EXIT_OK
     from jobs.costs import cost_report
@@ -127,7 +136,9 @@ def _costs(args: argparse.Namespace) -> int:
         str(len({charge.job_id for charge in charges if charge.job_id})),
         f"{sum(charge.seconds * charge.gpu_count for charge in charges) / 3600:.3f}",
     )
-    table = [(row.group, f"{row.usd:.4f}", str(row.pods), str(row.jobs), f"{row.gpu_hours:.3f}") for row in rows]
+    table = [
+        (row.group, f"{row.usd:.4f}", str(row.pods), str(row.jobs), f"{row.gpu_hours:.3f}") for row in rows
+    ]
     _print_table((args.by.upper().replace("_", " "), "USD", "PODS", "JOBS", "GPU HOURS"), [*table, total])
     return EXIT_OK
 
@@ -208,10 +219,11 @@ def _budgets(args: argparse.Namespace) -> int:
                 f"{status.budget.usd:.2f}",
                 f"{status.spent:.4f}",
                 f"{status.left:.4f}",
+                f"{status.held:.4f}",
             )
             for status in statuses
         ]
-        _print_table(("NAME", "SCOPE", "PERIOD", "USD", "SPENT", "LEFT"), rows)
+        _print_table(("NAME", "SCOPE", "PERIOD", "USD", "SPENT", "LEFT", "HELD"), rows)
     if statuses and costs.gpu_is_local():
         print("budgets are inert: the GPU stage runs on the local process pool, which rents no GPU")
     return EXIT_OK
@@ -248,8 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="List jobs, newest first. COST is what the job's pods cost in USD, '$0 (local)' for a job "
         "run on the local process pool, '-' until it completed.",
     )
-    ls.add_argument("--type", help="only jobs of this type (finetune, inference, eval-inspect, eval-mmlu-pro, custom)")
-    ls.add_argument("--status", choices=["pending", "in_progress", "completed", "failed", "canceled"], help="only jobs in this status")
+    ls.add_argument(
+        "--type", help="only jobs of this type (finetune, inference, eval-inspect, eval-mmlu-pro, custom)"
+    )
+    ls.add_argument(
+        "--status",
+        choices=["pending", "in_progress", "completed", "failed", "canceled"],
+        help="only jobs in this status",
+    )
     ls.add_argument("--limit", type=int, default=20, help="at most this many jobs (default 20)")
     ls.set_defaults(handler=_ls)
 
@@ -262,10 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
         "is gone (RunPod's billed figure where it gave one, else price × seconds alive). A charge belongs to "
         "the day its pod was created (UTC). On the local process pool nothing is rented and nothing is charged.",
     )
-    costs.add_argument("--by", choices=GROUP_BY_CHOICES, default="job_type", help="group by (default job_type)")
-    costs.add_argument("--since", help="from this day (YYYY-MM-DD, UTC) or this many days back (7d); default: all")
+    costs.add_argument(
+        "--by", choices=GROUP_BY_CHOICES, default="job_type", help="group by (default job_type)"
+    )
+    costs.add_argument(
+        "--since", help="from this day (YYYY-MM-DD, UTC) or this many days back (7d); default: all"
+    )
     costs.add_argument("--until", help="up to the end of this day (YYYY-MM-DD, UTC); default: now")
-    costs.add_argument("--csv", action="store_true", help="print CSV (group,usd,pods,jobs,gpu_hours) instead of a table")
+    costs.add_argument(
+        "--csv", action="store_true", help="print CSV (group,usd,pods,jobs,gpu_hours) instead of a table"
+    )
     costs.set_defaults(handler=_costs)
 
     budgets = commands.add_parser(
@@ -280,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     set_budget = budget_commands.add_parser("set", help="add a budget, or replace the one of the same name")
     set_budget.add_argument("name", help="what refusals and reports call the budget")
     set_budget.add_argument("--usd", type=float, required=True, help="dollars the scope may spend per period")
-    set_budget.add_argument("--period", choices=["day", "week", "month"], required=True, help="calendar period, UTC")
+    set_budget.add_argument(
+        "--period", choices=["day", "week", "month"], required=True, help="calendar period, UTC"
+    )
     set_budget.add_argument(
         "--scope", default="global", help='"global" (default), "pool:<work pool>" or "submitter:<name>"'
     )
@@ -304,13 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
     ttl = commands.add_parser(
         "ttl", help="inside a pod: check, extend or set its time to live", add_help=False
     )
-    ttl.add_argument("rest", nargs=argparse.REMAINDER, help="--check | --extend HOURS | --set HOURS (see ow ttl --help)")
+    ttl.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="--check | --extend HOURS | --set HOURS (see ow ttl --help)"
+    )
     ttl.set_defaults(handler=None)  # handled before parsing (DELEGATED)
 
     dev_pod = commands.add_parser(
         "dev-pod", help="start a RunPod pod with the TTL watchdog and SSH but no flow run", add_help=False
     )
-    dev_pod.add_argument("rest", nargs=argparse.REMAINDER, help="options of the dev pod (see ow dev-pod --help)")
+    dev_pod.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="options of the dev pod (see ow dev-pod --help)"
+    )
     dev_pod.set_defaults(handler=None)
     return parser
 

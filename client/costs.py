@@ -26,7 +26,9 @@ _DAYS = re.compile(r"(\d+)d")
 When = dt.datetime | dt.date | str | None
 
 
-def parse_when(value: When, field: str, now: dt.datetime | None = None, *, end_of_day: bool = False) -> dt.datetime | None:
+def parse_when(
+    value: When, field: str, now: dt.datetime | None = None, *, end_of_day: bool = False
+) -> dt.datetime | None:
     """A point in time from ``YYYY-MM-DD`` (midnight UTC, or the next midnight with ``end_of_day``),
     ``<N>d`` (N days before now), a date or a datetime (naive means UTC). Errors name ``field``."""
     if value is None or isinstance(value, dt.datetime):
@@ -77,11 +79,19 @@ class Costs:
         return cost_report(self.charges(since, until), by)  # type: ignore[arg-type]
 
     def budgets(self, now: dt.datetime | None = None) -> list[BudgetStatus]:
-        """The budgets of the Prefect variable ``ow_budgets``, each with its spend this period and what is left."""
+        """The budgets of the Prefect variable ``ow_budgets``, each with its spend this period, what jobs
+        still running hold of it, and what is left."""
+        from prefect.client.orchestration import get_client
+
         from tasks.budgets import load_budgets
+        from tasks.cost_ledger import read_holds
 
         budgets = load_budgets()
-        return budget_status(budgets, self.charges(), now or dt.datetime.now(dt.UTC)) if budgets else []
+        if not budgets:
+            return []
+        with get_client(sync_client=True) as client:
+            holds = read_holds(client)
+        return budget_status(budgets, self.charges(), now or dt.datetime.now(dt.UTC), holds)
 
     def gpu_is_local(self) -> bool:
         """True when no ``gpu-stage`` deployment runs on a ``runpod`` pool: nothing is rented or charged,

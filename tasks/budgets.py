@@ -4,7 +4,12 @@
 on a cache miss, so a cache hit costs nothing and is never refused. It reads the budgets from the Prefect
 variable ``ow_budgets`` (:mod:`jobs.budgets`), the spend from the cost ledger (:mod:`tasks.cost_ledger`),
 estimates the job's cost (:mod:`jobs.cost_estimate`) from the ``runpod`` work pool of the job type's
-``gpu-stage`` deployment, and raises :class:`BudgetExceeded` naming the budget and what is left. A
+``gpu-stage`` deployment, and raises :class:`BudgetExceeded` naming the budget and what is left.
+
+Admission is one job at a time, under the Prefect global concurrency limit ``ow-budget-admission``
+(limit 1, created on first use): read spend and holds, decide, and write the admitted job's hold
+(:func:`tasks.cost_ledger.hold_artifact`), so a sweep of jobs submitted together is admitted only as
+far as the money goes, whichever control worker runs each. A
 recovery (a retry after a lost pod) is not refused: the job was admitted, and stopping it half-way
 would waste what it spent.
 
@@ -19,12 +24,22 @@ import logging
 from typing import Any
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.objects import WorkPool
-from prefect.exceptions import MissingContextError, ObjectNotFound
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import MissingContextError, ObjectAlreadyExists, ObjectNotFound
 from prefect.variables import Variable
 
-from jobs.budgets import BUDGETS_VARIABLE, Budget, decision, job_scopes, parse_budgets
+from jobs.budgets import (
+    BUDGETS_VARIABLE,
+    Budget,
+    BudgetHold,
+    decision,
+    job_scopes,
+    parse_budgets,
+    period_window,
+)
 from jobs.cost_estimate import (
     CostEstimate,
     InputSize,
@@ -36,11 +51,13 @@ from jobs.cost_estimate import (
 from jobs.hardware import MAX_COST_FIELD
 from jobs.registry import get_job_spec
 from jobs.tags import SUBMITTER_TAG_PREFIX, tag_value
-from tasks.cost_ledger import read_charges
+from tasks.cost_ledger import hold_artifact, read_charges, read_holds
 from tasks.job_control import GpuStageFailed, gpu_deployment_name
 
 BILLED_POOL_TYPE = "runpod"  # RunPodWorker.type, spelled here so `ow costs` need not import the worker
 GPU_STAGE_FLOW = "gpu-stage"
+ADMISSION_LIMIT = "ow-budget-admission"  # a Prefect global concurrency limit of 1: one admission at a time
+ADMISSION_WAIT_SECONDS = 300.0
 
 
 class BudgetExceeded(GpuStageFailed):
@@ -68,7 +85,9 @@ def check_budget(job_id: str, job_type: str, params: dict[str, Any], job_variabl
                 pool.type if pool else "none",
             )
             return
-        estimate = job_estimate(job_type, params, {**pool_variables(pool), **(deployment.job_variables or {}), **job_variables})
+        estimate = job_estimate(
+            job_type, params, {**pool_variables(pool), **(deployment.job_variables or {}), **job_variables}
+        )
         if estimate is None:
             logger.warning(
                 "budgets not applied to job %s: no price is known for the GPU types it may use; set the work pool's "
@@ -77,14 +96,33 @@ def check_budget(job_id: str, job_type: str, params: dict[str, Any], job_variabl
                 MAX_COST_FIELD,
             )
             return
-        charges = read_charges(client)
-    scopes = job_scopes(pool.name, _submitter())
-    refusal = decision(budgets, charges, estimate, scopes, dt.datetime.now(dt.UTC))
-    if refusal:
-        error = BudgetExceeded(f"job {job_id} was not started: {refusal}")
-        error.job_id, error.job_type = job_id, job_type
-        raise error
-    logger.info("within budget: estimated cost $%.2f (%s)", estimate.usd, estimate.basis)
+        submitter = _submitter()
+        scopes = job_scopes(pool.name, submitter)
+        covering = [budget for budget in budgets if budget.scope in scopes]
+        if not covering:
+            return
+        _ensure_admission_limit(client)
+        with concurrency(ADMISSION_LIMIT, occupy=1, strict=True, timeout_seconds=ADMISSION_WAIT_SECONDS):
+            now = dt.datetime.now(dt.UTC)
+            since = min(period_window(budget.period, now)[0] for budget in covering)
+            charges = read_charges(client, since=since)
+            holds = read_holds(client, since=since)
+            refusal = decision(covering, charges, estimate, scopes, now, holds)
+            if refusal:
+                error = BudgetExceeded(f"job {job_id} was not started: {refusal}")
+                error.job_id, error.job_type = job_id, job_type
+                raise error
+            hold = BudgetHold(
+                job_id=job_id,
+                usd=estimate.usd,
+                work_pool=pool.name,
+                submitter=submitter,
+                created_at=now.timestamp(),
+            )
+            client.create_artifact(hold_artifact(hold, _control_flow_run_id()))
+    logger.info(
+        "within budget: estimated cost $%.2f (%s), held until the job ends", estimate.usd, estimate.basis
+    )
 
 
 def load_budgets(job_id: str | None = None) -> list[Budget]:
@@ -105,7 +143,9 @@ def job_estimate(job_type: str, params: dict[str, Any], settings: dict[str, Any]
     max_cost = params.get(MAX_COST_FIELD)
     if max_cost is not None:
         return estimate_job_cost(estimated_run_time(job_type, params, {}), None, max_cost_usd=float(max_cost))
-    pricing = PoolPricing.model_validate({key: settings[key] for key in PoolPricing.model_fields if key in settings})
+    pricing = PoolPricing.model_validate(
+        {key: settings[key] for key in PoolPricing.model_fields if key in settings}
+    )
     pod = cheapest_fitting_pod(
         pricing, float(settings.get("min_vram_gb") or 0), settings.get("allowed_hardware") or ()
     )
@@ -115,14 +155,20 @@ def job_estimate(job_type: str, params: dict[str, Any], settings: dict[str, Any]
 def pool_variables(pool: WorkPool) -> dict[str, Any]:
     """The defaults of a work pool's job variables (what its UI form sets)."""
     properties = (pool.base_job_template or {}).get("variables", {}).get("properties", {})
-    return {name: spec["default"] for name, spec in properties.items() if isinstance(spec, dict) and "default" in spec}
+    return {
+        name: spec["default"]
+        for name, spec in properties.items()
+        if isinstance(spec, dict) and "default" in spec
+    }
 
 
 def gpu_work_pools(client: SyncPrefectClient) -> list[WorkPool]:
     """The work pools the ``gpu-stage`` deployments run on (each once)."""
     deployments = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[GPU_STAGE_FLOW])))
     pools: dict[str, WorkPool] = {}
-    for name in sorted({deployment.work_pool_name for deployment in deployments if deployment.work_pool_name}):
+    for name in sorted(
+        {deployment.work_pool_name for deployment in deployments if deployment.work_pool_name}
+    ):
         try:
             pools[name] = client.read_work_pool(name)
         except ObjectNotFound:
@@ -145,6 +191,25 @@ def _input_sizes(job_type: str, params: dict[str, Any]) -> dict[str, InputSize]:
             continue  # checked by identify-job already; a size unknown only weakens the estimate
         sizes[input_file.field] = InputSize(rows=record.rows, bytes=record.bytes)
     return sizes
+
+
+def _ensure_admission_limit(client: SyncPrefectClient) -> None:
+    """Create the admission limit on first use (a user may also create it, or raise it, in the UI)."""
+    try:
+        client.read_global_concurrency_limit_by_name(ADMISSION_LIMIT)
+    except ObjectNotFound:
+        try:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=ADMISSION_LIMIT, limit=1)
+            )
+        except ObjectAlreadyExists:
+            pass  # another control worker created it first
+
+
+def _control_flow_run_id() -> str:
+    from prefect.runtime import flow_run
+
+    return flow_run.get_id()
 
 
 def _submitter() -> str | None:

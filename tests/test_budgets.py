@@ -11,6 +11,7 @@ from client.costs import parse_when
 from jobs.budgets import (
     Budget,
     BudgetConfigError,
+    BudgetHold,
     budget_status,
     decision,
     job_scopes,
@@ -161,6 +162,44 @@ def test_a_job_over_what_is_left_is_refused_naming_budget_period_spent_left_and_
         "ow_budgets",
     ):
         assert part in message, message
+
+
+def hold(job_id: str, usd: float, admitted: str = "2025-06-18T09:00", *, submitter: str | None = "ann") -> BudgetHold:
+    return BudgetHold(job_id=job_id, usd=usd, work_pool="ow-gpu", submitter=submitter, created_at=at(admitted))
+
+
+def test_jobs_admitted_and_still_running_hold_their_estimate_so_a_sweep_cannot_spend_the_same_money_twice():
+    budgets = [Budget(name="ann-daily", scope="submitter:ann", period="day", usd=10)]
+    scopes = job_scopes("ow-gpu", "ann")
+    # Nothing charged yet: two $4 jobs were admitted a moment ago and are running; a third does not fit.
+    running = [hold("ftjob-a", 4.0), hold("ftjob-b", 4.0)]
+    message = decision(budgets, [], ESTIMATE, scopes, NOW, running)
+    assert message is not None
+    assert "$0.00 spent this day and $8.00 held by jobs still running" in message and "$2.00 left" in message
+    # Without the holds (the old check) it would have been admitted.
+    assert decision(budgets, [], ESTIMATE, scopes, NOW) is None
+
+
+def test_a_hold_shrinks_by_what_its_job_was_charged_and_counts_once_per_job():
+    budgets = [Budget(name="ann-daily", scope="submitter:ann", period="day", usd=10)]
+    scopes = job_scopes("ow-gpu", "ann")
+    spent_a = charge("p1", "2025-06-18T09:01", 3.0).model_copy(update={"job_id": "ftjob-a"})
+    # Identical submissions admit one job twice: it holds $4 once; $3 of it is charged already.
+    holds = [hold("ftjob-a", 4.0), hold("ftjob-a", 4.0)]
+    [status] = budget_status(budgets, [spent_a], NOW, holds)
+    assert (status.spent, status.held, status.left) == (3.0, 1.0, 6.0)
+    assert decision(budgets, [spent_a], ESTIMATE, scopes, NOW, holds) is None
+    # A job that overran its estimate holds nothing more; its charges count in full.
+    overran = spent_a.model_copy(update={"billed_usd": 9.0})
+    [status] = budget_status(budgets, [overran], NOW, holds)
+    assert (status.spent, status.held, status.left) == (9.0, 0.0, 1.0)
+
+
+def test_holds_count_only_in_their_scope_and_period():
+    budgets = [Budget(name="ann-daily", scope="submitter:ann", period="day", usd=10)]
+    holds = [hold("ftjob-bob", 9.0, submitter="bob"), hold("ftjob-old", 9.0, "2025-06-17T23:00")]
+    [status] = budget_status(budgets, [], NOW, holds)
+    assert status.held == 0.0 and status.left == 10.0
 
 
 def test_a_pool_budget_covers_only_jobs_on_that_pool():

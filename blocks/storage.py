@@ -194,8 +194,11 @@ def _refuse(key: str, problem: str) -> None:
     raise UnsafeResultRecordError(message)
 
 
+STORE_BLOCK_ENV = "OW_STORE_BLOCK"
+
+
 def store_block_name() -> str:
-    return os.environ.get("OW_STORE_BLOCK") or DEFAULT_BLOCK_NAME
+    return os.environ.get(STORE_BLOCK_ENV) or DEFAULT_BLOCK_NAME
 
 
 def load_store_block(name: str | None = None, create_default: bool = True) -> ArtifactStoreBlock:

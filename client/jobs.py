@@ -23,6 +23,7 @@ from typing import Any
 from prefect.client.schemas.objects import FlowRun, StateType
 from pydantic import BaseModel
 
+from blocks.storage import STORE_BLOCK_ENV
 from client import runs
 from client.runs import (
     CANCELED,
@@ -35,17 +36,31 @@ from client.runs import (
     Run,
 )
 from jobs.costs import JobCost
+from jobs.hardware import FORCE_FIELD
+from jobs.records import stale_reason
 from jobs.registry import get_job_spec, job_types
 from jobs.tags import submission_tags
 from jobs.validation import InvalidJobError, check_inputs, validate_params
 from store.artifact_store import ArtifactStore
 
-__all__ = ["CANCELED", "COMPLETED", "FAILED", "FINAL_STATUSES", "IN_PROGRESS", "PENDING", "Job", "Jobs", "job_status"]
+__all__ = [
+    "CANCELED",
+    "COMPLETED",
+    "FAILED",
+    "FINAL_STATUSES",
+    "IN_PROGRESS",
+    "PENDING",
+    "Job",
+    "Jobs",
+    "job_status",
+]
 
 
 def job_status(control_state: StateType | None, has_result: bool) -> str:
-    """OpenWeights' status of a job: its stored result wins; otherwise its newest control run's state."""
-    if has_result:
+    """OpenWeights' status of a job: its stored result wins over a finished control run (a later failed
+    resubmission does not undo it); a control run still pending or running (a forced re-run, or one
+    replacing a result whose outputs are gone) is what the job is doing now."""
+    if has_result and (control_state is None or STATE_TO_STATUS[control_state] not in (PENDING, IN_PROGRESS)):
         return COMPLETED
     if control_state is None:
         return PENDING
@@ -154,9 +169,13 @@ class Job:
 class Jobs:
     """``ow.jobs``: retrieve, list and cancel jobs of any type."""
 
-    def __init__(self, store: ArtifactStore, files):
+    def __init__(self, store: ArtifactStore, files, store_block: str | None = None):
         self._store = store
         self._files = files
+        # A store block the client was given travels with each job it submits: the control flow runs
+        # with OW_STORE_BLOCK set to it, and hands it to the GPU stage, so the job reads and writes the
+        # store the client hashed and validated against, not the worker's default.
+        self._store_block = store_block
 
     def retrieve(self, job_id: str) -> Job:
         job = Job(self, job_id, job_type_of_id(job_id))
@@ -209,20 +228,32 @@ class Jobs:
 
         spec = get_job_spec(job_type)
         config = validate_params(spec, params)
-        problem = missing_hub_org(config, configured_hf_org()) if getattr(config, "push_to_hub", False) else None
+        problem = (
+            missing_hub_org(config, configured_hf_org()) if getattr(config, "push_to_hub", False) else None
+        )
         if problem:
             raise InvalidJobError(job_type, [problem])  # before a GPU trains a model it could not push
         job_id = spec.job_id(config, check_inputs(spec, config, self._store).inputs)
         job = Job(self, job_id, job_type)
         self._load(job)
-        if job.status in (PENDING, IN_PROGRESS, COMPLETED) and (job.flow_runs or job.status == COMPLETED):
+        rerun = getattr(config, FORCE_FIELD, False) or (
+            job.status == COMPLETED and stale_reason(self._store, job_id)
+        )
+        if (
+            not rerun
+            and job.status in (PENDING, IN_PROGRESS, COMPLETED)
+            and (job.flow_runs or job.status == COMPLETED)
+        ):
             return job
         return self._launch(job, config, config.model_dump(mode="json", exclude_unset=True))
 
     def _launch(self, job: Job, config: BaseModel, params: dict[str, Any]) -> Job:
         """Create the job's control flow run (it runs the GPU stage unless the job's result is stored)."""
         flow_run = runs.submit(
-            get_job_spec(job.type).control_deployment(config), params, tags=submission_tags(job.id, job.type)
+            get_job_spec(job.type).control_deployment(config),
+            params,
+            tags=submission_tags(job.id, job.type),
+            job_variables={"env": {STORE_BLOCK_ENV: self._store_block}} if self._store_block else None,
         )
         job.flow_runs = [flow_run, *job.flow_runs]
         job.status = PENDING
@@ -238,7 +269,11 @@ class Jobs:
         if job.type is None:
             job.type = (record or {}).get("job_type") or (runs.job_type_of(newest) if newest else None)
         if record is not None:
-            job.params, job.outputs, job.metrics = dict(record["params"]), record["outputs"], record["metrics"]
+            job.params, job.outputs, job.metrics = (
+                dict(record["params"]),
+                record["outputs"],
+                record["metrics"],
+            )
         elif newest is not None:
             job.params = dict(newest.parameters)
         if job.type is not None and job.params:
@@ -253,7 +288,9 @@ def _is_gpu_stage(flow_run: FlowRun) -> bool:
 HUB_URL = "https://huggingface.co/"
 
 
-def validated_params(job_type: str, job_id: str, params: dict[str, Any], outputs: dict[str, str]) -> dict[str, Any]:
+def validated_params(
+    job_type: str, job_id: str, params: dict[str, Any], outputs: dict[str, str]
+) -> dict[str, Any]:
     """The job's parameters with defaults filled and ``finetuned_model_id`` resolved (OpenWeights' ``validated_params``).
 
     The name is the pushed repository's once the job pushed one; before, it is filled with the
@@ -270,7 +307,9 @@ def validated_params(job_type: str, job_id: str, params: dict[str, Any], outputs
 
         hub = outputs.get("hub", "")
         validated["finetuned_model_id"] = (
-            hub.removeprefix(HUB_URL) if hub.startswith(HUB_URL) else config.output_model_name(job_id, configured_hf_org() or "{org_id}")
+            hub.removeprefix(HUB_URL)
+            if hub.startswith(HUB_URL)
+            else config.output_model_name(job_id, configured_hf_org() or "{org_id}")
         )
     return validated
 
@@ -286,7 +325,9 @@ _MISSING = object()
 def _contains(actual: Any, wanted: Any) -> bool:
     """``wanted`` equals ``actual``, or (a dict) is contained in it key by key (as Postgres' ``@>`` on JSON)."""
     if isinstance(wanted, dict):
-        return isinstance(actual, dict) and all(key in actual and _contains(actual[key], value) for key, value in wanted.items())
+        return isinstance(actual, dict) and all(
+            key in actual and _contains(actual[key], value) for key, value in wanted.items()
+        )
     return actual is not _MISSING and actual == wanted
 
 

@@ -38,7 +38,13 @@ from jobs.tags import JOB_TAG_PREFIX, TYPE_TAG_PREFIX, job_tag, job_type_tag, ta
 GPU_STAGE_FLOW = "gpu-stage"
 
 # OpenWeights' statuses (of jobs and of runs), from Prefect's state types.
-PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELED = "pending", "in_progress", "completed", "failed", "canceled"
+PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELED = (
+    "pending",
+    "in_progress",
+    "completed",
+    "failed",
+    "canceled",
+)
 FINAL_STATUSES = (COMPLETED, FAILED, CANCELED)
 STATE_TO_STATUS = {
     StateType.SCHEDULED: PENDING,
@@ -61,11 +67,18 @@ def job_type_of(flow_run: FlowRun) -> str | None:
     return tag_value(flow_run.tags, TYPE_TAG_PREFIX)
 
 
-def submit(deployment: str, parameters: dict[str, Any], tags: Iterable[str] = ()) -> FlowRun:
+def submit(
+    deployment: str,
+    parameters: dict[str, Any],
+    tags: Iterable[str] = (),
+    job_variables: dict[str, Any] | None = None,
+) -> FlowRun:
     """Create a flow run of a deployment (what `prefect deployment run` does)."""
     with get_client(sync_client=True) as client:
         found = client.read_deployment_by_name(deployment)
-        return client.create_flow_run_from_deployment(found.id, parameters=parameters, tags=list(tags))
+        return client.create_flow_run_from_deployment(
+            found.id, parameters=parameters, tags=list(tags), job_variables=job_variables
+        )
 
 
 def read(flow_run_id: UUID) -> FlowRun:
@@ -95,9 +108,13 @@ def wait_for_job_id(flow_run_id: UUID, timeout: float = 300, poll_seconds: float
         if job_id:
             return job_id
         if flow_run.state is not None and flow_run.state.is_final():
-            raise RuntimeError(f"{flow_run.name} ended {flow_run.state_name} before identifying its job: {flow_run.state.message}")
+            raise RuntimeError(
+                f"{flow_run.name} ended {flow_run.state_name} before identifying its job: {flow_run.state.message}"
+            )
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{flow_run.name} has not identified its job after {timeout:.0f}s ({flow_run.state_name})")
+            raise TimeoutError(
+                f"{flow_run.name} has not identified its job after {timeout:.0f}s ({flow_run.state_name})"
+            )
         time.sleep(poll_seconds)
 
 
@@ -120,7 +137,9 @@ SETTLE_SECONDS = 30.0
 LOG_BATCH_SECONDS = 2.0
 
 
-def job_runs(job_id: str | None = None, job_type: str | None = None, limit: int = 200, gpu_stage: bool | None = None) -> list[FlowRun]:
+def job_runs(
+    job_id: str | None = None, job_type: str | None = None, limit: int = 200, gpu_stage: bool | None = None
+) -> list[FlowRun]:
     """Flow runs of jobs, newest first; ``gpu_stage`` True/False selects GPU stages or control flows."""
     # Every run of our deployments carries the deployments' "ow" tag; a job's runs also its job tag.
     tags = [job_tag(job_id)] if job_id else ["ow"]
@@ -146,7 +165,9 @@ def job_runs(job_id: str | None = None, job_type: str | None = None, limit: int 
     return [run for run in found if job_id_of(run)]
 
 
-def task_runs(flow_run_id: UUID, name_like: str | None = None, settle_seconds: float = SETTLE_SECONDS) -> list[TaskRun]:
+def task_runs(
+    flow_run_id: UUID, name_like: str | None = None, settle_seconds: float = SETTLE_SECONDS
+) -> list[TaskRun]:
     """The flow run's task runs (those whose name contains ``name_like``), once each has a final state.
 
     A task run can be listed before its state is recorded; after ``settle_seconds`` the runs are

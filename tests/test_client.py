@@ -30,6 +30,9 @@ OW = str(Path(sys.executable).parent / "ow")
         (StateType.CRASHED, False, FAILED),
         (StateType.CANCELLED, False, CANCELED),
         (StateType.FAILED, True, COMPLETED),  # a stored result wins over a later failed resubmission
+        (StateType.CANCELLED, True, COMPLETED),
+        (StateType.RUNNING, True, IN_PROGRESS),  # a forced re-run, or one replacing outputs that are gone
+        (StateType.SCHEDULED, True, PENDING),
     ],
 )
 def test_status_mapping_from_prefect_states(state, has_result, status):

@@ -53,6 +53,7 @@ from jobs.validation import check_inputs, validate_params
 from tasks.job_cost import record_with_cost
 
 FAILED_STATES = [StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
+GPU_STAGE_FLOW_NAME = "gpu-stage"  # the flow of every gpu-stage/<type> deployment
 
 
 MAX_RECOVERIES_ENV = "OW_MAX_RECOVERIES"
@@ -200,12 +201,21 @@ def run_gpu_stage(
         job_variables=job_variables,
         tags=_stage_tags(job_id, job_type),
         timeout=0,
+        # Not a subflow: Prefect cancels a cancelled parent's subflows, but identical submissions share
+        # this run, so whether it stops is decided below (only when no other submission waits on it).
+        as_subflow=False,
     )
     try:
         stage = _wait_until_final(stage.id)
     except BaseException:
-        # The control flow was cancelled or crashed: stop paying for the GPU stage too.
-        _cancel_if_running(stage.id)
+        # The control flow was cancelled or crashed: stop paying for the GPU stage too — unless another
+        # submission of the same job still waits on it (identical submissions share one stage).
+        if not _other_submissions_waiting(job_id):
+            _cancel_if_running(stage.id)
+        else:
+            get_run_logger().info(
+                "GPU stage %s left running: another submission of job %s waits on it", stage.id, job_id
+            )
         raise
     state = stage.state
     if not state.is_completed():
@@ -272,6 +282,27 @@ def _wait_until_final(flow_run_id, recheck_seconds: int = 60):
             if flow_run.state is not None and flow_run.state.is_final():
                 return flow_run
             time.sleep(5)
+
+
+def _other_submissions_waiting(job_id: str) -> bool:
+    """Whether a control flow run of ``job_id`` other than this one is still live (not final, not being
+    cancelled): it shares this one's GPU stage. Unknown (Prefect unreachable) counts as none."""
+    from prefect.runtime import flow_run
+
+    own = flow_run.get_id()
+    live = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+    try:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    tags=FlowRunFilterTags(all_=[job_tag(job_id)]),
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=live)),
+                )
+            )
+            stage_flow = client.read_flow_by_name(GPU_STAGE_FLOW_NAME).id if runs else None
+    except Exception:  # noqa: BLE001 - while already failing: cancel, as before
+        return False
+    return any(str(run.id) != str(own) and run.flow_id != stage_flow for run in runs)
 
 
 def _cancel_if_running(flow_run_id) -> None:

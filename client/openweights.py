@@ -40,6 +40,9 @@ class Api:
         return self._ow._track(ApiDeployment(model, lora_adapters or [], **serve_options))
 
     def multi_deploy(self, models: list[str], **serve_options: Any):
+        """OpenWeights' ``multi_deploy``: each requested model (and each base model) → the API object
+        serving it (``base_url``, ``api_key`` once up; ``with apis[model] as client:``), one server
+        per base model. ``with ow.api.multi_deploy(models) as apis:`` brings them all up."""
         from client.api import MultiDeployment
 
         return self._ow._track(MultiDeployment(models, **serve_options))
@@ -57,33 +60,59 @@ class WeightedSftJobs(JobFactory):
 
 
 class OpenWeights:
-    def __init__(self, store_block: str | None = None, cache_dir: str | Path | None = None, requests_per_second: float | None = None, max_concurrent: int | None = None):
+    """The client. ``ow.chat.completions.create(model=…)`` deploys a model no open deployment serves
+    (OpenWeights' behaviour), with ``deploy_kwargs`` as its ``multi_deploy`` options; requests are
+    retried with backoff on transient errors."""
+
+    def __init__(
+        self,
+        store_block: str | None = None,
+        cache_dir: str | Path | None = None,
+        requests_per_second: float | None = None,
+        max_concurrent: int | None = None,
+        deploy_kwargs: dict[str, Any] | None = None,
+        deploy_gather_seconds: float = 5.0,
+    ):
         from blocks.storage import load_store_block, ow_home
+        from client.api import OnDemandDeployments
 
         self._store = load_store_block(store_block).artifact_store()
         self.files = Files(self._store)
-        self.jobs = Jobs(self._store, self.files)
+        self.jobs = Jobs(self._store, self.files, store_block=store_block)
         self.fine_tuning = JobFactory(self.jobs, "finetune")
         self.weighted_sft = WeightedSftJobs(self.jobs, "finetune")
         self.inference = JobFactory(self.jobs, "inference", renamed={"input_file_id": "input_file"})
         self.inspect_ai = JobFactory(self.jobs, "eval-inspect")
         self.mmlu_pro = JobFactory(self.jobs, "eval-mmlu-pro")
-        self.logprob = JobFactory(self.jobs, "logprobs", renamed={"dataset": "input_file"})  # OpenWeights' names
+        # OpenWeights' names
+        self.logprob = JobFactory(self.jobs, "logprobs", renamed={"dataset": "input_file"})
         self.multiple_choice = JobFactory(self.jobs, "eval-multiple-choice")
         self.custom = JobFactory(self.jobs, "custom")
         self.api = Api(self)
         self.costs = Costs()
         self._deployments: list = []
+        self.deploy_kwargs: dict[str, Any] = dict(deploy_kwargs or {})
+        self._on_demand = OnDemandDeployments(
+            self.api.multi_deploy, self.deploy_kwargs, deploy_gather_seconds
+        )
         cache = ResponseCache(Path(cache_dir) if cache_dir else ow_home() / "cache" / "chat")
         limiter = RateLimiter(requests_per_second=requests_per_second, max_concurrent=max_concurrent)
-        self.chat = _Namespace(completions=ChatCompletions(self._route, cache, limiter))
-        self.async_chat = _Namespace(completions=AsyncChatCompletions(self._route_async, cache, max_concurrent or 32))
+        self.chat = _Namespace(
+            completions=ChatCompletions(self._route, cache, limiter, kill=self._on_demand.kill)
+        )
+        self.async_chat = _Namespace(
+            completions=AsyncChatCompletions(
+                self._route_async, cache, max_concurrent or 32, kill=self._on_demand.kill
+            )
+        )
 
     def __getattr__(self, name: str):
         jobs = registered_jobs()
         if name in jobs:
             return jobs[name](self)
-        raise AttributeError(f"OpenWeights has no attribute {name!r} (custom jobs: {sorted(jobs) or 'none registered'})")
+        raise AttributeError(
+            f"OpenWeights has no attribute {name!r} (custom jobs: {sorted(jobs) or 'none registered'})"
+        )
 
     # -- routing chat requests to the deployment serving a model -------------------------------
 
@@ -92,15 +121,19 @@ class OpenWeights:
         return deployment
 
     def _endpoint_for(self, model: str):
+        """The deployment serving ``model`` and the name to request: an open one, else one deployed now."""
         from client.api import ApiDeployment, MultiDeployment
 
         for deployment in reversed(self._deployments):
-            if isinstance(deployment, ApiDeployment) and deployment.endpoint and model in deployment.endpoint.models:
+            if isinstance(deployment, ApiDeployment) and _serves(deployment, model):
                 return deployment, model
-            if isinstance(deployment, MultiDeployment) and model in deployment.plan.routes:
-                route = deployment.plan.routes[model]
-                return deployment.deployments[route.deployment], route.served_name
-        raise LookupError(f"no running API deployment serves {model!r}; open one with `with ow.api.deploy({model!r}):`")
+            if (
+                isinstance(deployment, MultiDeployment)
+                and model in deployment
+                and _serves(deployment[model], None)
+            ):
+                return deployment[model], deployment.served_name(model)
+        return self._on_demand.deployment_for(model)
 
     def _route(self, model: str):
         deployment, served_name = self._endpoint_for(model)
@@ -109,3 +142,10 @@ class OpenWeights:
     def _route_async(self, model: str):
         deployment, served_name = self._endpoint_for(model)
         return deployment.async_client(), served_name
+
+
+def _serves(deployment, model: str | None) -> bool:
+    """Whether an API deployment is up, has not ended, and (``model`` given) serves ``model``."""
+    if deployment.endpoint is None or deployment.ended:
+        return False
+    return model is None or model in deployment.endpoint.models

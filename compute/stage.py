@@ -31,6 +31,9 @@ class StageContext:
     # Secret blocks in the GPU-stage flow, a dict in scripts and tests.
     save_secret: Callable[[str, str], None] = field(default=lambda name, value: None)
     delete_secret: Callable[[str], None] = field(default=lambda name: None)
+    # A secret's value if it exists, else None: a recovered attempt of a job reads what the lost one
+    # saved (an API deployment keeps the token its clients hold).
+    read_secret: Callable[[str], str | None] = field(default=lambda name: None)
 
     @property
     def job_prefix(self) -> str:

@@ -65,6 +65,7 @@ def gpu_stage(job_type: str, job_id: str, params: dict[str, Any], store_block: s
         pod_id=os.environ.get("RUNPOD_POD_ID") or None,
         save_secret=save_secret,
         delete_secret=delete_secret,
+        read_secret=lambda name: load_secrets([name]).get(name),
     )
     started = time.time()
     emit_job_event("started", job_id, job_type, {"flow_run_id": str(flow_run.get_id())})

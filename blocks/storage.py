@@ -9,11 +9,17 @@ a record at ``prefect-results/<job_id>`` that Prefect would unpickle on the cont
 next cache hit. :meth:`ArtifactStoreBlock.read_path` hands Prefect only records that its JSON
 serializer reads as plain data (:func:`check_json_result_record`) and refuses any other.
 
-Create it from the CLI (``scripts/services.py`` does this for the embedded default)::
+Create it from the CLI (``scripts/services.py`` does this for the embedded default). For S3, keep
+the keys where Prefect users keep them, in a ``prefect-aws`` ``AwsCredentials`` block (its client
+parameters carry the endpoint URL of MinIO, R2, …), and reference it: one credential, kept, rotated
+and shown as a secret in one place::
 
+    from prefect_aws import AwsCredentials
     from blocks.storage import ArtifactStoreBlock
-    ArtifactStoreBlock(base_url="s3://my-bucket/ow", endpoint_url="https://…",
-                       aws_access_key_id="…", aws_secret_access_key="…").save("default")
+    ArtifactStoreBlock(base_url="s3://my-bucket/ow", aws_credentials=AwsCredentials.load("team")).save("default")
+
+The block's own ``aws_access_key_id`` / ``aws_secret_access_key`` / ``endpoint_url`` / ``region_name``
+fields still work, for blocks saved before; a block may not set both kinds of credentials.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from prefect import get_run_logger
 from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.exceptions import MissingContextError
 from prefect.filesystems import WritableFileSystem
-from pydantic import Field, SecretStr, field_validator
+from prefect_aws import AwsCredentials
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from store.artifact_store import ArtifactStore
 
@@ -69,6 +76,25 @@ class ArtifactStoreBlock(WritableFileSystem):
     region_name: str | None = Field(default=None, description="S3 region, if the store needs one.")
     aws_access_key_id: SecretStr | None = Field(default=None, description="S3 access key ID.")
     aws_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret access key.")
+    aws_credentials: AwsCredentials | None = Field(
+        default=None,
+        description="A prefect-aws AwsCredentials block holding the S3 keys (and, in its client parameters, the "
+        "endpoint URL of MinIO, R2, …). Use it instead of the key fields above.",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind_of_credentials(self) -> ArtifactStoreBlock:
+        if self.aws_credentials is not None:
+            own = [
+                name
+                for name in ("aws_access_key_id", "aws_secret_access_key")
+                if getattr(self, name) is not None
+            ]
+            if own:
+                raise ValueError(
+                    f"aws_credentials: set either an AwsCredentials block or {' and '.join(own)}, not both"
+                )
+        return self
 
     @field_validator("base_url")
     @classmethod
@@ -84,12 +110,27 @@ class ArtifactStoreBlock(WritableFileSystem):
         if not self.base_url.startswith("s3://"):
             return {}
         options: dict[str, Any] = {}
+        client_kwargs: dict[str, Any] = {}
+        credentials = self.aws_credentials
+        if credentials is not None:
+            for option, secret in (
+                ("key", credentials.aws_access_key_id),
+                ("secret", credentials.aws_secret_access_key),
+                ("token", credentials.aws_session_token),
+            ):
+                if secret is not None:
+                    options[option] = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+            if credentials.profile_name:
+                options["profile"] = credentials.profile_name
+            if credentials.region_name:
+                client_kwargs["region_name"] = credentials.region_name
+            if credentials.aws_client_parameters.endpoint_url:
+                client_kwargs["endpoint_url"] = credentials.aws_client_parameters.endpoint_url
         if self.aws_access_key_id is not None:
             options["key"] = self.aws_access_key_id.get_secret_value()
         if self.aws_secret_access_key is not None:
             options["secret"] = self.aws_secret_access_key.get_secret_value()
-        client_kwargs: dict[str, Any] = {}
-        if self.endpoint_url:
+        if self.endpoint_url:  # the store's own endpoint and region win over the credentials block's
             client_kwargs["endpoint_url"] = self.endpoint_url
         if self.region_name:
             client_kwargs["region_name"] = self.region_name

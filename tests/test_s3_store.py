@@ -104,3 +104,49 @@ def test_bad_content_on_s3_is_repaired_by_the_next_upload(s3_server, s3_block, t
     store.write_bytes(f"files/{digest}/content", path.read_bytes()[:5])  # what a non-atomic write left behind
     record = upload_file(store, path, "conversations")
     assert read_file_bytes(store, record.id) == path.read_bytes()
+
+
+def test_the_store_takes_its_keys_from_a_prefect_aws_credentials_block_and_follows_its_rotation(prefect_server, s3_server):
+    """One credential, kept in prefect-aws' AwsCredentials block (endpoint URL in its client parameters):
+    the store block holds a reference to it, not a copy of the keys, and a rotation reaches the store."""
+    from prefect.client.orchestration import get_client
+    from prefect_aws import AwsClientParameters, AwsCredentials
+
+    from blocks.storage import load_store_block
+
+    AwsCredentials(
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+        region_name="us-east-1",
+        aws_client_parameters=AwsClientParameters(endpoint_url=s3_server.endpoint_url),
+    ).save("team-aws", overwrite=True)
+    ArtifactStoreBlock(
+        base_url=f"s3://{s3_server.bucket}/aws-credentials-block", aws_credentials=AwsCredentials.load("team-aws")
+    ).save("s3-with-aws-credentials", overwrite=True)
+
+    store = load_store_block("s3-with-aws-credentials").artifact_store()
+    store.write_json("jobs/y/result.json", {"ok": True})
+    assert "aws-credentials-block/jobs/y/result.json" in s3_server.keys("aws-credentials-block/")
+    assert store.read_json("jobs/y/result.json") == {"ok": True}
+
+    with get_client(sync_client=True) as client:  # what the server keeps for the store block: a reference
+        document = client.read_block_document_by_name("s3-with-aws-credentials", "ow-artifact-store")
+        credentials = client.read_block_document_by_name("team-aws", "aws-credentials")
+    assert str(document.block_document_references["aws_credentials"]["block_document"]["id"]) == str(credentials.id)
+
+    rotated = AwsCredentials.load("team-aws")
+    rotated.aws_access_key_id = "rotated-access-key"
+    rotated.save("team-aws", overwrite=True)
+    assert load_store_block("s3-with-aws-credentials").storage_options()["key"] == "rotated-access-key"
+    assert s3_server.secret_key not in repr(load_store_block("s3-with-aws-credentials"))  # the secret stays secret
+
+
+def test_a_store_block_with_both_kinds_of_credentials_is_refused_naming_the_fields(s3_server):
+    from prefect_aws import AwsCredentials
+
+    with pytest.raises(ValueError, match="aws_credentials: set either an AwsCredentials block or aws_access_key_id"):
+        ArtifactStoreBlock(
+            base_url=f"s3://{s3_server.bucket}/both",
+            aws_access_key_id="key",
+            aws_credentials=AwsCredentials(aws_access_key_id="other"),
+        )

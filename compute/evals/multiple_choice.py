@@ -14,6 +14,11 @@ probability of the right choice, OpenWeights' ``p_correct|any_choice``); ``confi
 probability of the predicted choice); ``ece`` (expected calibration error: confidence against
 accuracy in ten equal-width bins, weighted by questions); ``brier`` (mean squared error of the
 normalised probabilities against the one-hot answer).
+
+In the GPU stage every scored choice sequence is journaled to the store as its batch finishes
+(:mod:`compute.row_journal`, stream ``multiple-choice/model-<n>``, one row per sequence), so an
+attempt started after a lost pod scores only the sequences left, in the same batches as an
+uninterrupted run (hence the same numbers).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 
 from compute.logprobs.runner import tokenize_row
 from compute.logprobs.scorers import Scorer
+from compute.row_journal import RowJournal, journal_root, open_stage_journal
 from compute.stage import StageContext, StageResult
 from compute.training.examples import normalise_messages
 from jobs.datasets import validate_lines
@@ -126,8 +132,14 @@ def score_questions(
     source: str | Path,
     adapter: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    journal: RowJournal | None = None,
 ) -> list[QuestionScore]:
-    """Each question's choices scored under ``scorer`` (with ``adapter``), ``config.batch_size`` sequences per pass."""
+    """Each question's choices scored under ``scorer`` (with ``adapter``), ``config.batch_size`` sequences a pass.
+
+    With a ``journal``, the sequences it resumes are not scored again, and each scored batch is
+    recorded in it (a row per sequence: the question's number and id, the choice's position, its
+    log-probability).
+    """
     requests = []  # (question number, input IDs, answer start, answer end)
     orders = []
     for number, question in enumerate(questions):
@@ -137,20 +149,63 @@ def score_questions(
             conversation = tokenize_row(scorer, Path(source), question.line, {"messages": messages})
             answer = conversation.turns[-1]
             requests.append((number, conversation.input_ids, answer.start, answer.end))
-    totals: list[list[float]] = [[] for _ in questions]
+    totals = _resumed_totals(journal, questions, [number for number, _, _, _ in requests])
     done = 0
-    for start in range(0, len(requests), config.batch_size):
-        batch = requests[start : start + config.batch_size]
-        scores = scorer.token_logprobs([ids for _, ids, _, _ in batch], adapter=adapter)
-        for (number, _, first, end), row_scores in zip(batch, scores, strict=True):
-            totals[number].append(sum(row_scores[first - 1 : end - 1]))
+
+    def report_finished() -> None:
+        nonlocal done
         finished = done
         while finished < len(questions) and len(totals[finished]) == len(questions[finished].choices):
             finished += 1  # requests come in question order, so finished questions are a prefix
         if progress and finished > done:
             progress(finished, len(questions))
         done = finished
+
+    resumed = sum(len(total) for total in totals)
+    if resumed:
+        report_finished()
+    # A journal's chunks end on batches, so the batches from ``resumed`` on are an uninterrupted run's.
+    for start in range(resumed, len(requests), config.batch_size):
+        batch = requests[start : start + config.batch_size]
+        scores = scorer.token_logprobs([ids for _, ids, _, _ in batch], adapter=adapter)
+        lines = []
+        for (number, _, first, end), row_scores in zip(batch, scores, strict=True):
+            totals[number].append(sum(row_scores[first - 1 : end - 1]))
+            choice = len(totals[number]) - 1
+            row = {"question": number, "id": questions[number].id, "choice": choice, "logprob": totals[number][-1]}
+            lines.append(json.dumps(row, ensure_ascii=False))
+        if journal is not None:
+            journal.record(lines)
+        report_finished()
+    if journal is not None:
+        journal.flush()
     return [QuestionScore(question, order, tuple(total)) for question, order, total in zip(questions, orders, totals, strict=True)]
+
+
+def _resumed_totals(
+    journal: RowJournal | None, questions: list[Question], request_questions: list[int]
+) -> list[list[float]]:
+    """Per question, its choices' log-probabilities the journal holds (in request order); cleared unless they fit."""
+    totals: list[list[float]] = [[] for _ in questions]
+    if journal is None or not journal.resumed_rows:
+        return totals
+    fits = journal.resumed_rows <= len(request_questions)
+    if fits:
+        try:
+            for index, line in enumerate(journal.resumed_lines()):
+                row = json.loads(line)
+                number = request_questions[index]
+                expected = (number, questions[number].id, len(totals[number]))
+                if (row["question"], row["id"], row["choice"]) != expected:
+                    fits = False
+                    break
+                totals[number].append(float(row["logprob"]))
+        except (KeyError, TypeError, ValueError):  # rows of another shape: not this function's
+            fits = False
+    if not fits:
+        journal.discard()
+        return [[] for _ in questions]
+    return totals
 
 
 def summary_table(scores: Iterable[QuestionScore]) -> list[dict[str, Any]]:
@@ -219,7 +274,10 @@ def run_multiple_choice_stage(config: MultipleChoiceConfig, context: StageContex
     outputs: dict[str, str] = {}
     accuracy: dict[str, float] = {}
     table: list[dict[str, Any]] = []
+    resumed: dict[str, int] = {}  # scored choice sequences taken from an earlier attempt, per model
     for number, model in enumerate(config.models_to_evaluate()):
+        stream = f"multiple-choice/model-{number}"
+        journal = open_stage_journal(context, stream, config, files=[questions_path], extra=[model])
         scores = score_questions(
             scorer,
             questions,
@@ -227,7 +285,9 @@ def run_multiple_choice_stage(config: MultipleChoiceConfig, context: StageContex
             source=questions_path,
             adapter=model if model in adapters else None,
             progress=lambda done, total, model=model: context.reporter.progress(done, total, f"multiple choice, {model}"),
+            journal=journal,
         )
+        resumed[model] = journal.resumed_rows
         results_path = context.work_dir / f"model-{number}" / "results.jsonl"
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text("".join(json.dumps(score.to_json(), ensure_ascii=False) + "\n" for score in scores), encoding="utf-8")
@@ -238,4 +298,9 @@ def run_multiple_choice_stage(config: MultipleChoiceConfig, context: StageContex
         accuracy[model] = rows[-1]["accuracy"]
         table += [{"model": model, **row} for row in rows]
     context.reporter.table("accuracy", table, description="Multiple-choice accuracy and calibration per category, by log-probability")
-    return StageResult(outputs=outputs, metrics={"scores": accuracy}, details={"table": table, "backend": scorer.name})
+    return StageResult(
+        outputs=outputs,
+        metrics={"scores": accuracy, "resumed_rows": sum(resumed.values())},
+        details={"table": table, "backend": scorer.name, "resumed_rows": resumed},
+        disposable_prefixes=[journal_root(context.job_prefix)],
+    )

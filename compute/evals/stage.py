@@ -4,7 +4,9 @@
   as ``api/serve``, on loopback inside the stage, and run inspect-ai against it; the logs go to
   the store (``jobs/<job_id>/inspect-logs/``, readable by ``inspect view``), the scores to a table.
 - ``eval/mmlu-pro``: generate with the batch-generation backend directly (no HTTP in between),
-  score, and store every question's raw answer, extracted letter and correctness per model.
+  score, and store every question's raw answer, extracted letter and correctness per model. The
+  scored questions are journaled to the store as they come (:mod:`compute.row_journal`, stream
+  ``mmlu-pro/model-<n>``), so an attempt started after a lost pod asks only the questions left.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import secrets
 from pathlib import Path
 
 from compute.backend import select_backend
+from compute.row_journal import journal_root, open_stage_journal
 from compute.stage import StageContext, StageResult
 from jobs.evals import InspectEvalConfig, MmluProConfig
 from jobs.serve import ServeConfig
@@ -110,9 +113,12 @@ def run_mmlu_pro_stage(config: MmluProConfig, context: StageContext) -> StageRes
     accuracy: dict[str, float] = {}
     table: list[dict] = []
     index = []
+    resumed: dict[str, int] = {}  # questions taken from an earlier attempt, per model
+    inputs = [path for path in (dataset, fewshot) if path]
     for number, model in enumerate(models):
         adapter = model if model in adapters else None
         output_dir = context.work_dir / "mmlu-pro" / f"model-{number}"
+        journal = open_stage_journal(context, f"mmlu-pro/model-{number}", config, files=inputs, extra=[model])
         result = run_mmlu_pro(
             config,
             dataset_path=dataset,
@@ -120,7 +126,9 @@ def run_mmlu_pro_stage(config: MmluProConfig, context: StageContext) -> StageRes
             generate=_generate_with(generator, adapter),
             output_dir=output_dir,
             on_progress=lambda done, total, model=model: context.reporter.progress(done, total, f"MMLU-Pro, {model}"),
+            journal=journal,
         )
+        resumed[model] = result.resumed
         prefix = f"{context.job_prefix}/mmlu-pro/model-{number}"
         outputs[f"results-model-{number}"] = context.store.put_file(result.results_path, f"{prefix}/results.jsonl")
         context.store.put_file(result.summary_path, f"{prefix}/summary.json")
@@ -129,7 +137,12 @@ def run_mmlu_pro_stage(config: MmluProConfig, context: StageContext) -> StageRes
         index.append({"model": model, "results": f"{prefix}/results.jsonl", "summary": f"{prefix}/summary.json"})
     context.store.write_bytes(f"{context.job_prefix}/mmlu-pro/models.json", json.dumps(index, indent=2).encode())
     context.reporter.table("accuracy", table, description="MMLU-Pro accuracy per category and overall")
-    return StageResult(outputs=outputs, metrics={"scores": accuracy}, details={"table": table, "backend": backend.name})
+    return StageResult(
+        outputs=outputs,
+        metrics={"scores": accuracy, "resumed_rows": sum(resumed.values())},
+        details={"table": table, "backend": backend.name, "resumed_rows": resumed},
+        disposable_prefixes=[journal_root(context.job_prefix)],
+    )
 
 
 def _generate_with(generator, adapter: str | None):

@@ -12,7 +12,11 @@ Output rows keep the input order and every key of the input row, plus (as OpenWe
   "logprob", "top_logprobs": [{"token", "token_id", "logprob"}, ...]}``, as a list per
   completion when there are several.
 
-The output file appears only when complete (written beside it, then renamed).
+The output file appears only when complete (written beside it, then renamed). Given a
+:class:`compute.row_journal.RowJournal`, the finished rows are also stored in chunks as they are
+written, and the rows an earlier attempt of the job stored are written first and not generated
+again; the file is the same as an uninterrupted run's (with ``seed`` set, sampled rows too: chunks
+end on batch boundaries, and each batch is seeded alike).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,7 @@ from compute.generation.completions import Completion
 from compute.generation.prompts import ChatTemplateMissingError, encode_row
 from compute.generation.rows import PromptRow, batched, read_prompt_rows, validate_prompt_file
 from compute.generation.sampling import SamplingSettings
+from compute.row_journal import RowJournal
 from jobs.datasets import DatasetError
 from jobs.inference import InferenceConfig
 from jobs.model_refs import ResolvedModel
@@ -57,10 +63,14 @@ class InferenceResult:
     generated_tokens: int
     seconds: float  # generation only: reading, tokenising, generating and writing; not model loading or progress reports
     backend: str
+    resumed_rows: int = 0  # of ``rows``, those an earlier attempt generated (taken from the row journal)
+    resumed_generated_tokens: int = 0  # of ``generated_tokens``, those of the resumed rows
 
     @property
     def tokens_per_second(self) -> float:
-        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+        """Throughput of this run: the tokens it generated itself, over its generation time."""
+        generated = self.generated_tokens - self.resumed_generated_tokens
+        return generated / self.seconds if self.seconds > 0 else 0.0
 
 
 def run_inference(
@@ -72,6 +82,7 @@ def run_inference(
     backend: BackendChoice | None = None,
     batch_size: int | None = None,
     progress: ProgressCallback | None = None,
+    journal: RowJournal | None = None,
 ) -> InferenceResult:
     """Generate completions for every row of ``input_path`` with ``model``; write them to ``output_path``.
 
@@ -104,6 +115,7 @@ def run_inference(
         batch_size=batch_size,
         progress=progress,
         total_rows=total,
+        journal=journal,
     )
 
 
@@ -118,10 +130,17 @@ def generate_file(
     batch_size: int | None = None,
     progress: ProgressCallback | None = None,
     total_rows: int | None = None,
+    journal: RowJournal | None = None,
 ) -> InferenceResult:
-    """Stream ``input_path`` through an already loaded ``generator`` in batches of ``batch_size`` rows."""
+    """Stream ``input_path`` through an already loaded ``generator`` in batches of ``batch_size`` rows.
+
+    With a ``journal``, the rows it resumes are written first and skipped in the input, and every
+    generated batch is recorded in it (with its token counts, which the rows do not carry).
+    """
     input_path, output_path = Path(input_path), Path(output_path)
     total = total_rows if total_rows is not None else validate_prompt_file(input_path, prefill)
+    if journal is not None and journal.resumed_rows > total:  # cannot happen with a fingerprint of the input
+        journal.discard()
     size = batch_size or DEFAULT_BATCH_SIZE.get(generator.name, 8)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -136,19 +155,42 @@ def generate_file(
 
     rows = completions = prompt_tokens = generated_tokens = 0
     report(0)
+    resumed = journal.resumed_rows if journal is not None else 0
+    resumed_counts = journal.resumed_counts if journal is not None else {}
     descriptor, partial = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            for batch in batched(read_prompt_rows(input_path, prefill), size):
+            if resumed:
+                handle.writelines(line + "\n" for line in journal.resumed_lines())
+                rows = resumed
+                completions = int(resumed_counts.get("completions", 0))
+                prompt_tokens = int(resumed_counts.get("prompt_tokens", 0))
+                generated_tokens = int(resumed_counts.get("generated_tokens", 0))
+                logger.info("resumed %d of %d rows from the row journal; generating the rest", resumed, total)
+                report(rows)
+                started, reporting = time.monotonic(), 0.0  # copying the resumed rows is not generation
+            for batch in batched(islice(read_prompt_rows(input_path, prefill), resumed, None), size):
                 prompts = [_encode(generator, input_path, row, prefill) for row in batch]
                 results = generator.generate(prompts, settings, adapter=adapter)
-                for row, prompt, samples in zip(batch, prompts, results, strict=True):
-                    handle.write(json.dumps(output_row(row, samples, settings), ensure_ascii=False) + "\n")
-                    prompt_tokens += len(prompt)
-                    completions += len(samples)
-                    generated_tokens += sum(len(sample.token_ids) for sample in samples)
+                lines = [
+                    json.dumps(output_row(row, samples, settings), ensure_ascii=False)
+                    for row, samples in zip(batch, results, strict=True)
+                ]
+                handle.writelines(line + "\n" for line in lines)
+                counts = {
+                    "completions": sum(len(samples) for samples in results),
+                    "prompt_tokens": sum(len(prompt) for prompt in prompts),
+                    "generated_tokens": sum(len(sample.token_ids) for each in results for sample in each),
+                }
+                completions += counts["completions"]
+                prompt_tokens += counts["prompt_tokens"]
+                generated_tokens += counts["generated_tokens"]
+                if journal is not None:
+                    journal.record(lines, counts)
                 rows += len(batch)
                 report(rows)
+            if journal is not None:
+                journal.flush()
         os.replace(partial, output_path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
@@ -161,6 +203,8 @@ def generate_file(
         generated_tokens=generated_tokens,
         seconds=time.monotonic() - started - reporting,
         backend=generator.name,
+        resumed_rows=resumed,
+        resumed_generated_tokens=int(resumed_counts.get("generated_tokens", 0)),
     )
     logger.info(
         "generated %d completions for %d rows: %d tokens in %.1fs (%.1f tokens/s, %s)",

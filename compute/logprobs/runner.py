@@ -12,7 +12,9 @@ Output rows keep the input order and every key of the input row, plus
   (:mod:`compute.logprobs.spans`: the content and the end-of-turn token);
 - ``total_logprob``: the sum over all assistant messages of the row.
 
-The output file appears only when complete (written beside it, then renamed).
+The output file appears only when complete (written beside it, then renamed). Given a
+:class:`compute.row_journal.RowJournal`, finished rows are also stored in chunks as they are
+written, and the rows an earlier attempt of the job stored are written first and not scored again.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from compute.generation.backends import tokenizer_source
 from compute.generation.rows import batched
 from compute.logprobs.scorers import Scorer, load_scorer
 from compute.logprobs.spans import TokenizedConversation, tokenize_conversation
+from compute.row_journal import RowJournal
 from compute.training.examples import TemplateError
 from jobs.datasets import DatasetError, validate_lines
 from jobs.logprobs import LogprobsConfig, check_logprobs_row
@@ -52,6 +56,7 @@ class LogprobsResult:
     total_logprob: float
     seconds: float  # tokenising, scoring and writing; not model loading
     backend: str
+    resumed_rows: int = 0  # of ``rows``, those an earlier attempt scored (taken from the row journal)
 
 
 def validate_logprobs_file(path: str | Path) -> int:
@@ -68,6 +73,7 @@ def run_logprobs(
     *,
     backend: BackendChoice | None = None,
     progress: ProgressCallback | None = None,
+    journal: RowJournal | None = None,
 ) -> LogprobsResult:
     """Score every assistant turn of ``input_path`` with ``model``; write the rows to ``output_path``."""
     total = validate_logprobs_file(input_path)  # fail on a bad row before loading a model
@@ -89,6 +95,7 @@ def run_logprobs(
         adapter=ADAPTER_NAME if adapters else None,
         progress=progress,
         total_rows=total,
+        journal=journal,
     )
 
 
@@ -101,10 +108,18 @@ def score_file(
     adapter: str | None = None,
     progress: ProgressCallback | None = None,
     total_rows: int | None = None,
+    journal: RowJournal | None = None,
 ) -> LogprobsResult:
-    """Stream ``input_path`` through an already loaded ``scorer``, ``batch_size`` rows per forward pass."""
+    """Stream ``input_path`` through an already loaded ``scorer``, ``batch_size`` rows per forward pass.
+
+    With a ``journal``, the rows it resumes are written first (their totals read back from them) and
+    skipped in the input, and every scored batch is recorded in it.
+    """
     input_path, output_path = Path(input_path), Path(output_path)
     total = total_rows if total_rows is not None else validate_logprobs_file(input_path)
+    if journal is not None and journal.resumed_rows > total:  # cannot happen with a fingerprint of the input
+        journal.discard()
+    resumed = journal.resumed_rows if journal is not None else 0
     output_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     rows = messages = tokens = 0
@@ -114,25 +129,42 @@ def score_file(
     descriptor, partial = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            for batch in batched(_read_rows(input_path), batch_size):
-                encoded = [tokenize_row(scorer, input_path, line, row) for line, row in batch]
-                scores = scorer.token_logprobs([conversation.input_ids for conversation in encoded], adapter=adapter)
-                for (_, row), conversation, row_scores in zip(batch, encoded, scores, strict=True):
-                    scored = output_row(row, conversation, row_scores, scorer.tokenizer)
-                    handle.write(json.dumps(scored, ensure_ascii=False) + "\n")
+            if resumed:
+                for line in journal.resumed_lines():
+                    handle.write(line + "\n")
+                    scored = json.loads(line)  # the totals are summed row by row, as an uninterrupted run does
                     messages += len(scored["logprobs"])
                     tokens += sum(len(turn["tokens"]) for turn in scored["logprobs"])
                     total_logprob += scored["total_logprob"]
+                rows = resumed
+                logger.info("resumed %d of %d rows from the row journal; scoring the rest", resumed, total)
+                if progress:
+                    progress(rows, total)
+            for batch in batched(islice(_read_rows(input_path), resumed, None), batch_size):
+                encoded = [tokenize_row(scorer, input_path, line, row) for line, row in batch]
+                scores = scorer.token_logprobs([conversation.input_ids for conversation in encoded], adapter=adapter)
+                lines = []
+                for (_, row), conversation, row_scores in zip(batch, encoded, scores, strict=True):
+                    scored = output_row(row, conversation, row_scores, scorer.tokenizer)
+                    lines.append(json.dumps(scored, ensure_ascii=False))
+                    handle.write(lines[-1] + "\n")
+                    messages += len(scored["logprobs"])
+                    tokens += sum(len(turn["tokens"]) for turn in scored["logprobs"])
+                    total_logprob += scored["total_logprob"]
+                if journal is not None:
+                    journal.record(lines)
                 rows += len(batch)
                 if progress:
                     progress(rows, total)
+            if journal is not None:
+                journal.flush()
         os.replace(partial, output_path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
     seconds = time.monotonic() - started
     logger.info("scored %d assistant tokens in %d rows in %.1fs (%s)", tokens, rows, seconds, scorer.name)
-    return LogprobsResult(output_path, rows, messages, tokens, total_logprob, seconds, scorer.name)
+    return LogprobsResult(output_path, rows, messages, tokens, total_logprob, seconds, scorer.name, resumed)
 
 
 def tokenize_row(scorer: Scorer, path: Path, line: int, row: dict[str, Any]) -> TokenizedConversation:

@@ -1,10 +1,15 @@
-"""The ``inference/logprobs`` job's GPU-stage function: inputs from the store, scoring, outputs back."""
+"""The ``inference/logprobs`` job's GPU-stage function: inputs from the store, scoring, outputs back.
+
+Rows are journaled to the store as they are scored (:mod:`compute.row_journal`, stream
+``logprobs``), so an attempt started after a lost pod scores only the rows still missing.
+"""
 
 from __future__ import annotations
 
 import json
 
 from compute.logprobs.runner import run_logprobs
+from compute.row_journal import journal_root, open_stage_journal
 from compute.stage import StageContext, StageResult
 from jobs.logprobs import LogprobsConfig
 from store.files import upload_file
@@ -14,12 +19,14 @@ PREVIEW_ROWS = 20
 
 def run_logprobs_stage(config: LogprobsConfig, context: StageContext) -> StageResult:
     output_path = context.work_dir / "logprobs.jsonl"
+    input_path = context.local_file(config.input_file)
     result = run_logprobs(
         config,
         context.local_model(config.model),
-        context.local_file(config.input_file),
+        input_path,
         output_path,
         progress=lambda done, total: context.reporter.progress(done, total, "rows"),
+        journal=open_stage_journal(context, "logprobs", config, files=[input_path]),
     )
     uri = context.store.put_file(output_path, f"{context.job_prefix}/logprobs.jsonl")
     # Also a content-addressed file, as batch inference returns it: ow.files.content(job.outputs["file"]).
@@ -34,8 +41,10 @@ def run_logprobs_stage(config: LogprobsConfig, context: StageContext) -> StageRe
             "scored_tokens": result.scored_tokens,
             "mean_token_logprob": round(mean, 6),
             "scoring_seconds": round(result.seconds, 3),
+            "resumed_rows": result.resumed_rows,
         },
-        details={"backend": result.backend},
+        details={"backend": result.backend, "resumed_rows": result.resumed_rows},
+        disposable_prefixes=[journal_root(context.job_prefix)],
     )
 
 

@@ -7,6 +7,8 @@ unknown categories, too few few-shot examples) fails before the first call to ``
 
 Outputs in ``output_dir``: ``results.jsonl`` (one ``QuestionResult`` per line, appended batch by
 batch) and ``summary.json`` (the configuration's evaluation settings and the per-category scores).
+Given a :class:`compute.row_journal.RowJournal`, each scored batch is also stored in it, and the
+questions an earlier attempt of the job scored are taken from it, not asked again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Protocol
 from compute.evals.mmlu_pro.dataset import MmluProQuestion, load_mmlu_pro_file
 from compute.evals.mmlu_pro.prompts import Prompt, build_prompt, select_examples
 from compute.evals.mmlu_pro.scoring import MmluProSummary, QuestionResult, score_reply, summarize
+from compute.row_journal import RowJournal
 from jobs.evals import MmluProConfig
 
 logger = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ class MmluProResult:
     summary: MmluProSummary
     results_path: Path
     summary_path: Path
+    resumed: int = 0  # of ``results``, those an earlier attempt scored (taken from its row journal)
 
 
 def select_questions(
@@ -120,10 +124,13 @@ def run_mmlu_pro(
     fewshot_path: str | Path | None = None,
     batch_size: int = 64,
     on_progress: Callable[[int, int], None] | None = None,
+    journal: RowJournal | None = None,
 ) -> MmluProResult:
     """Evaluate ``config`` on a local MMLU-Pro file; ``dataset_path``/``fewshot_path`` are the resolved files.
 
     ``on_progress(done, total)`` is called after each batch (e.g. to update a progress artifact).
+    ``journal`` (opened for this model and these inputs) resumes the questions it holds and records
+    each new batch.
     Raises ``MmluProFormatError``, ``FewshotShortageError`` or ``ValueError`` before generating when the
     data does not fit the config, and ``RuntimeError`` when ``generate`` returns the wrong number of completions.
     """
@@ -148,9 +155,14 @@ def run_mmlu_pro(
 
     output_dir.mkdir(parents=True, exist_ok=True)
     results_path = output_dir / RESULTS_FILE
-    results: list[QuestionResult] = []
+    results = _resumed_results(journal, selected)
     with results_path.open("w", encoding="utf-8") as results_file:
-        for start in range(0, len(selected), batch_size):
+        results_file.writelines(json.dumps(result.to_json(), ensure_ascii=False) + "\n" for result in results)
+        if results:
+            logger.info("MMLU-Pro: %d/%d questions resumed from the row journal", len(results), len(selected))
+            if on_progress is not None:
+                on_progress(len(results), len(selected))
+        for start in range(len(results), len(selected), batch_size):
             batch = selected[start : start + batch_size]
             completions = list(generate(prompts[start : start + batch_size], sampling))
             if len(completions) != len(batch) or not all(isinstance(c, str) for c in completions):
@@ -158,14 +170,20 @@ def run_mmlu_pro(
                     f"generate returned {len(completions)} completions for {len(batch)} prompts "
                     f"(questions {start + 1}-{start + len(batch)}); expected one string per prompt"
                 )
+            lines = []
             for question, completion in zip(batch, completions, strict=True):
                 result = score_reply(question, completion)
                 results.append(result)
-                results_file.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
+                lines.append(json.dumps(result.to_json(), ensure_ascii=False))
+            results_file.writelines(line + "\n" for line in lines)
             results_file.flush()
+            if journal is not None:
+                journal.record(lines)
             if on_progress is not None:
                 on_progress(len(results), len(selected))
             logger.info("MMLU-Pro: %d/%d questions answered", len(results), len(selected))
+        if journal is not None:
+            journal.flush()
 
     summary = summarize(results)
     summary_path = output_dir / SUMMARY_FILE
@@ -176,4 +194,26 @@ def run_mmlu_pro(
         "MMLU-Pro: accuracy %.4f over %d questions, %d unparsable",
         summary.overall.accuracy, summary.overall.n, summary.overall.unparsable,
     )
-    return MmluProResult(results=results, summary=summary, results_path=results_path, summary_path=summary_path)
+    resumed = journal.resumed_rows if journal is not None else 0
+    return MmluProResult(
+        results=results, summary=summary, results_path=results_path, summary_path=summary_path, resumed=resumed
+    )
+
+
+def _resumed_results(journal: RowJournal | None, selected: Sequence[MmluProQuestion]) -> list[QuestionResult]:
+    """The results the journal holds if they answer the first selected questions; else none (it is cleared)."""
+    if journal is None or not journal.resumed_rows:
+        return []
+    try:
+        results = [QuestionResult(**json.loads(line)) for line in journal.resumed_lines()]
+        fits = len(results) <= len(selected) and all(
+            result.question_id == question.question_id
+            for result, question in zip(results, selected, strict=False)
+        )
+    except (TypeError, ValueError):  # rows of another shape: not this runner's
+        fits = False
+    if not fits:
+        logger.warning("MMLU-Pro: the row journal holds other questions than those selected; asking them all again")
+        journal.discard()
+        return []
+    return results

@@ -79,10 +79,6 @@ def canonical_purpose(purpose: str) -> str:
     return PURPOSE_ALIASES.get(purpose, purpose)
 
 
-def validated_purposes() -> list[str]:
-    return sorted(set(_ROW_VALIDATORS) | set(_LAZY_VALIDATORS))
-
-
 def row_validator(purpose: str) -> RowValidator | None:
     if purpose not in _ROW_VALIDATORS and purpose in _LAZY_VALIDATORS:
         import importlib

@@ -295,15 +295,6 @@ class TrainingConfig(HardwareRequest):
     def learning_rate_value(self) -> float:
         return evaluate_learning_rate(self.learning_rate)
 
-    def input_file_ids(self) -> list[str]:
-        """Every file this job reads, so the job ID covers their content."""
-        files = [self.training_file]
-        if self.test_file:
-            files.append(self.test_file)
-        files.extend(self.logp_callback_datasets.values())
-        files.extend(callback.dataset for callback in self.sampling_callbacks or [])
-        return files
-
     def output_model_name(self, job_id: str, org_id: str) -> str:
         """``finetuned_model_id`` with its placeholders filled (the template holds plain ``{name}`` fields only)."""
         return self.finetuned_model_id.format(**self._name_values(job_id, org_id))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,6 @@ class JobSpec:
     # The control-flow deployment that runs this job type ("finetune/sft", …), given its parameters
     control_deployment: Callable[[Any], str] = lambda params: ""
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
     def code_files(self) -> list[Path]:

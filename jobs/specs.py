@@ -90,10 +90,19 @@ def _inference_input_files(config: InferenceConfig) -> list[InputFile]:
     ]
 
 
-def _inference_vram_gb(config: InferenceConfig, model_config: dict | None) -> float:
+def _generation_vram_gb(config, model_config: dict | None) -> float:
+    """GPU memory of a job that loads ``config.model`` to generate or score with ``config.max_model_len``
+    (batch inference, log-probabilities, evals)."""
     from compute.vram import estimate_inference_vram_gb
 
     return estimate_inference_vram_gb(model_config, config.model, max_model_len=config.max_model_len)
+
+
+def _model_and_adapters(config) -> list[InputModel]:
+    """``model`` and each of ``lora_adapters`` (API deployments, evals)."""
+    return [InputModel("model", config.model)] + [
+        InputModel(f"lora_adapters[{index}]", adapter) for index, adapter in enumerate(config.lora_adapters)
+    ]
 
 
 INFERENCE = register(
@@ -104,18 +113,12 @@ INFERENCE = register(
         stage="compute.generation.stage:run_inference_stage",
         input_files=_inference_input_files,
         input_models=lambda config: [InputModel("model", config.model)],
-        vram_gb=_inference_vram_gb,
+        vram_gb=_generation_vram_gb,
         id_suffix=lambda config: config.job_id_suffix,
         control_deployment=lambda config: "inference/batch",
         description="Batch inference: completions for every row of a conversations or text JSONL file.",
     )
 )
-
-
-def _logprobs_vram_gb(config: LogprobsConfig, model_config: dict | None) -> float:
-    from compute.vram import estimate_inference_vram_gb
-
-    return estimate_inference_vram_gb(model_config, config.model, max_model_len=config.max_model_len)
 
 
 LOGPROBS = register(
@@ -128,7 +131,7 @@ LOGPROBS = register(
             InputFile("input_file", config.input_file, ("conversations",), check_logprobs_row)
         ],
         input_models=lambda config: [InputModel("model", config.model)],
-        vram_gb=_logprobs_vram_gb,
+        vram_gb=_generation_vram_gb,
         id_suffix=lambda config: config.job_id_suffix,
         control_deployment=lambda config: "inference/logprobs",
         description="Log-probability of every assistant token (and the total per message) of every row of a "
@@ -138,12 +141,6 @@ LOGPROBS = register(
 
 
 # -- API deployments -----------------------------------------------------------------------------
-
-
-def _serve_models(config: ServeConfig) -> list[InputModel]:
-    return [InputModel("model", config.model)] + [
-        InputModel(f"lora_adapters[{index}]", adapter) for index, adapter in enumerate(config.lora_adapters)
-    ]
 
 
 def _serve_checks(config: ServeConfig, store) -> list[str]:
@@ -182,7 +179,7 @@ SERVE = register(
         id_prefix="apijob",
         params_model=ServeConfig,
         stage="compute.serving.stage:run_serve_stage",
-        input_models=_serve_models,
+        input_models=_model_and_adapters,
         vram_gb=_serve_vram_gb,
         extra_checks=_serve_checks,
         cacheable=False,
@@ -236,18 +233,6 @@ def _inspect_checks(config: InspectEvalConfig, store) -> list[str]:
     return problems
 
 
-def _eval_vram_gb(config, model_config: dict | None) -> float:
-    from compute.vram import estimate_inference_vram_gb
-
-    return estimate_inference_vram_gb(model_config, config.model, max_model_len=config.max_model_len)
-
-
-def _eval_models(config) -> list[InputModel]:
-    return [InputModel("model", config.model)] + [
-        InputModel(f"lora_adapters[{index}]", adapter) for index, adapter in enumerate(config.lora_adapters)
-    ]
-
-
 INSPECT = register(
     JobSpec(
         job_type="eval-inspect",
@@ -255,8 +240,8 @@ INSPECT = register(
         params_model=InspectEvalConfig,
         stage="compute.evals.stage:run_inspect_stage",
         input_files=_inspect_input_files,
-        input_models=_eval_models,
-        vram_gb=_eval_vram_gb,
+        input_models=_model_and_adapters,
+        vram_gb=_generation_vram_gb,
         extra_checks=_inspect_checks,
         control_deployment=lambda config: "eval/inspect",
         description="An inspect-ai evaluation of a model (and its LoRA adapters) served through an OpenAI-compatible API.",
@@ -278,8 +263,8 @@ MMLU_PRO = register(
         params_model=MmluProConfig,
         stage="compute.evals.stage:run_mmlu_pro_stage",
         input_files=_mmlu_input_files,
-        input_models=_eval_models,
-        vram_gb=_eval_vram_gb,
+        input_models=_model_and_adapters,
+        vram_gb=_generation_vram_gb,
         extra_checks=_served_model_checks,
         control_deployment=lambda config: "eval/mmlu-pro",
         description="MMLU-Pro-style multiple-choice accuracy, per category and overall, of a model and its adapters.",
@@ -294,8 +279,8 @@ MULTIPLE_CHOICE = register(
         params_model=MultipleChoiceConfig,
         stage="compute.evals.multiple_choice:run_multiple_choice_stage",
         input_files=lambda config: [InputFile("questions_file", config.questions_file, (QUESTIONS_PURPOSE,))],
-        input_models=_eval_models,
-        vram_gb=_eval_vram_gb,
+        input_models=_model_and_adapters,
+        vram_gb=_generation_vram_gb,
         extra_checks=_served_model_checks,
         control_deployment=lambda config: "eval/multiple-choice",
         description="Multiple-choice questions scored by log-probability (no sampling): each choice's probability, "

@@ -196,11 +196,6 @@ def read_file_bytes(store: ArtifactStore, file_id: str) -> bytes:
     return store.read_bytes(content_key(parse_file_id(file_id)[1]))
 
 
-def open_file(store: ArtifactStore, file_id: str) -> IO[bytes]:
-    get_file_record(store, file_id)
-    return store.open(content_key(parse_file_id(file_id)[1]), "rb")
-
-
 def download_file(store: ArtifactStore, file_id: str, cache_dir: Path) -> Path:
     """A local copy of a stored file (cached by digest, so repeated jobs reuse it)."""
     get_file_record(store, file_id)

@@ -12,7 +12,6 @@ older complete checkpoints beyond ``keep`` and every incomplete one are pruned a
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -79,6 +78,3 @@ class CheckpointStore:
                 self.store.delete(self.key(step))
 
 
-def read_checkpoint_step(local_dir: Path) -> int:
-    """The global step recorded in a Trainer checkpoint."""
-    return int(json.loads((Path(local_dir) / "trainer_state.json").read_text())["global_step"])

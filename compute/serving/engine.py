@@ -4,6 +4,10 @@ The engine knows nothing of HTTP: it turns validated requests into prompts and s
 settings, runs them under a lock (adapter selection is model state, and a CPU has nothing to
 gain from interleaving), and returns OpenAI-shaped bodies or Server-Sent Events. Each request
 start, streamed chunk and request end counts as activity, so an idle server can be stopped.
+
+What one request may ask for is bounded (:class:`~compute.serving.protocol.RequestLimits`), checked
+before any prompt is tokenized or generated. A caller that passes ``cancelled`` (an event it sets
+when its client went away) gets :class:`GenerationCancelled` at the next generated token.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from compute.serving.protocol import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
+    RequestLimits,
     chat_choice,
     new_id,
     now,
@@ -39,12 +44,24 @@ def sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+class GenerationCancelled(Exception):
+    """The request's ``cancelled`` event was set (its client went away); its generation stopped."""
+
+
 class ServingEngine:
     """Serves ``base_model`` (adapters disabled) and each adapter the generator loaded, by name."""
 
-    def __init__(self, generator: TransformersGenerator, base_model: str, *, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        generator: TransformersGenerator,
+        base_model: str,
+        *,
+        limits: RequestLimits | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.generator = generator
         self.base_model = base_model
+        self.limits = limits or RequestLimits()
         self._clock = clock
         self._lock = threading.Lock()  # one generation at a time
         self._count_lock = threading.Lock()
@@ -78,6 +95,29 @@ class ServingEngine:
         finally:
             self.touch()
             self._count(-1)
+
+    @contextlib.contextmanager
+    def _stoppable(self, cancelled: threading.Event | None) -> Iterator[None]:
+        """Raise :class:`GenerationCancelled` inside the generation once ``cancelled`` is set.
+
+        The generator's batch call takes no stop signal; a forward pre-hook on the input embeddings
+        runs once per generated token, so raising there ends ``generate()`` within one token.
+        """
+        if cancelled is None:
+            yield
+            return
+        if cancelled.is_set():  # the client left while the request waited for its turn
+            raise GenerationCancelled
+
+        def stop_if_cancelled(_module: Any, _inputs: Any) -> None:
+            if cancelled.is_set():
+                raise GenerationCancelled
+
+        hook = self.generator.model.get_input_embeddings().register_forward_pre_hook(stop_if_cancelled)
+        try:
+            yield
+        finally:
+            hook.remove()
 
     @property
     def model_names(self) -> list[str]:
@@ -134,22 +174,32 @@ class ServingEngine:
     # -- chat completions -------------------------------------------------------------------------------
 
     def _chat_inputs(self, request: ChatCompletionRequest) -> tuple[list[int], SamplingSettings, str | None]:
+        self.limits.check_work(request.n)  # before the template renders anything
         adapter = self._adapter_for(request.model)
         if request.stream and request.logprobs:
-            raise APIError(400, "logprobs are not available when streaming from this server", param="logprobs")
+            raise APIError(
+                400, "logprobs are not available when streaming from this server", param="logprobs"
+            )
         messages = [message.plain() for message in request.messages]
         try:
-            prompt = encode_chat(self.generator.tokenizer, messages, continue_final_message=request.continue_final_message)
+            prompt = encode_chat(
+                self.generator.tokenizer, messages, continue_final_message=request.continue_final_message
+            )
         except ChatTemplateMissingError as exc:
             raise APIError(400, str(exc), param="messages") from None
         except Exception as exc:  # noqa: BLE001 - templates raise their own errors, e.g. "roles must alternate"
-            raise APIError(400, f"the model's chat template cannot render these messages: {exc}", param="messages") from exc
+            raise APIError(
+                400, f"the model's chat template cannot render these messages: {exc}", param="messages"
+            ) from exc
         max_tokens = self._max_tokens(request.requested_max_tokens, len(prompt), "messages")
+        self.limits.check_work(request.n, max_tokens)
         return prompt, request.sampling(max_tokens, request.top_k), adapter
 
-    def chat(self, request: ChatCompletionRequest) -> dict[str, Any]:
+    def chat(
+        self, request: ChatCompletionRequest, cancelled: threading.Event | None = None
+    ) -> dict[str, Any]:
         prompt, settings, adapter = self._chat_inputs(request)
-        with self._busy():
+        with self._busy(), self._stoppable(cancelled):
             samples = self.generator.generate([prompt], settings, adapter)[0]
         return {
             "id": new_id("chatcmpl"),
@@ -163,7 +213,12 @@ class ServingEngine:
     def chat_stream(self, request: ChatCompletionRequest) -> Iterator[str]:
         """Server-Sent Events of a chat completion; the request is checked before the first event."""
         prompt, settings, adapter = self._chat_inputs(request)
-        header = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(), "model": request.model}
+        header = {
+            "id": new_id("chatcmpl"),
+            "object": "chat.completion.chunk",
+            "created": now(),
+            "model": request.model,
+        }
         if request.include_usage:
             header["usage"] = None
 
@@ -174,15 +229,38 @@ class ServingEngine:
             with self._busy():
                 generated = 0
                 for index in range(request.n):
-                    yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+                    yield chunk(
+                        [
+                            {
+                                "index": index,
+                                "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ]
+                    )
                     for piece in self.generator.stream(prompt, _choice_settings(settings, index), adapter):
                         self.touch()
                         if piece.finish_reason is None:
-                            delta = {"index": index, "delta": {"content": piece.text}, "logprobs": None, "finish_reason": None}
+                            delta = {
+                                "index": index,
+                                "delta": {"content": piece.text},
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
                             yield chunk([delta])
                         else:
                             generated += piece.completion_tokens
-                            yield chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": piece.finish_reason}])
+                            yield chunk(
+                                [
+                                    {
+                                        "index": index,
+                                        "delta": {},
+                                        "logprobs": None,
+                                        "finish_reason": piece.finish_reason,
+                                    }
+                                ]
+                            )
                 if request.include_usage:
                     yield chunk([], usage=usage(len(prompt), generated))
                 yield DONE
@@ -191,26 +269,39 @@ class ServingEngine:
 
     # -- text completions -------------------------------------------------------------------------------
 
-    def _completion_inputs(self, request: CompletionRequest) -> tuple[list[list[int]], SamplingSettings, str | None]:
+    def _completion_inputs(
+        self, request: CompletionRequest
+    ) -> tuple[list[list[int]], SamplingSettings, str | None]:
         adapter = self._adapter_for(request.model)
         if request.stream and request.logprobs is not None:
-            raise APIError(400, "logprobs are not available when streaming from this server", param="logprobs")
+            raise APIError(
+                400, "logprobs are not available when streaming from this server", param="logprobs"
+            )
+        requested = request.prompts()
+        self.limits.check_work(len(requested) * request.n)  # before any prompt is tokenized
         vocabulary = len(self.generator.tokenizer)
         prompts = []
-        for prompt in request.prompts():
+        for prompt in requested:
             if isinstance(prompt, str):
                 prompts.append(encode_text(self.generator.tokenizer, prompt))
             elif not prompt or any(not 0 <= token < vocabulary for token in prompt):
-                raise APIError(400, f"token prompts must be non-empty lists of token IDs in [0, {vocabulary})", param="prompt")
+                raise APIError(
+                    400,
+                    f"token prompts must be non-empty lists of token IDs in [0, {vocabulary})",
+                    param="prompt",
+                )
             else:
                 prompts.append(list(prompt))
         longest = max(len(prompt) for prompt in prompts)
         max_tokens = self._max_tokens(request.max_tokens, longest, "prompt")
+        self.limits.check_work(len(prompts) * request.n, max_tokens)
         return prompts, request.sampling(max_tokens, request.logprobs), adapter
 
-    def completion(self, request: CompletionRequest) -> dict[str, Any]:
+    def completion(
+        self, request: CompletionRequest, cancelled: threading.Event | None = None
+    ) -> dict[str, Any]:
         prompts, settings, adapter = self._completion_inputs(request)
-        with self._busy():
+        with self._busy(), self._stoppable(cancelled):
             results = self.generator.generate(prompts, settings, adapter)
         choices = [
             text_choice(number * settings.n + index, sample)
@@ -243,10 +334,17 @@ class ServingEngine:
                 for number, prompt in enumerate(prompts):
                     for sample in range(request.n):
                         index = number * request.n + sample
-                        for piece in self.generator.stream(prompt, _choice_settings(settings, index), adapter):
+                        for piece in self.generator.stream(
+                            prompt, _choice_settings(settings, index), adapter
+                        ):
                             self.touch()
                             generated += piece.completion_tokens
-                            choice = {"index": index, "text": piece.text, "logprobs": None, "finish_reason": piece.finish_reason}
+                            choice = {
+                                "index": index,
+                                "text": piece.text,
+                                "logprobs": None,
+                                "finish_reason": piece.finish_reason,
+                            }
                             yield chunk([choice])
                 if request.include_usage:
                     yield chunk([], usage=usage(sum(len(prompt) for prompt in prompts), generated))

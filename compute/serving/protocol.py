@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -26,7 +28,15 @@ MAX_CHOICES = 128
 class APIError(Exception):
     """An error answered in OpenAI's format."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -36,6 +46,72 @@ class APIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """How much one request may ask of the server, checked before any generation starts.
+
+    A request over a limit is refused naming the limit: 413 for the body, 400 for the work.
+    The defaults fit what one GPU answers in one request; a deployment may set its own.
+    """
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_sequences: int = 256  # completions in one request: prompts × n
+    max_generated_tokens: int = 524_288  # prompts × n × max_tokens
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_sequences", "max_generated_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    def check_work(self, sequences: int, max_tokens: int | None = None) -> None:
+        """Refuse (APIError 400) ``sequences`` completions of up to ``max_tokens`` tokens each when
+        they exceed :attr:`max_sequences` or :attr:`max_generated_tokens`."""
+        if sequences > self.max_sequences:
+            raise APIError(
+                400,
+                f"This request asks for {sequences} completions (prompts × n); this server generates at most "
+                f"{self.max_sequences} per request (max_sequences). Send fewer prompts or a smaller n.",
+                param="n",
+                code="too_many_completions",
+            )
+        if max_tokens is not None and sequences * max_tokens > self.max_generated_tokens:
+            raise APIError(
+                400,
+                f"This request asks for up to {sequences * max_tokens} generated tokens ({sequences} completions × "
+                f"max_tokens {max_tokens}); this server generates at most {self.max_generated_tokens} per request "
+                "(max_generated_tokens). Lower max_tokens or n, or send fewer prompts.",
+                param="max_tokens",
+                code="too_many_tokens",
+            )
+
+    def body_too_large(self, size: int | None = None) -> APIError:
+        """The 413 for a body over :attr:`max_body_bytes` (``size`` when it is known)."""
+        what = f"{size} bytes" if size is not None else "larger"
+        return APIError(
+            413,
+            f"The request body is {what}; this server accepts at most {self.max_body_bytes} bytes (max_body_bytes).",
+            code="request_too_large",
+        )
+
+
+def requested_work(payload: Any, *, chat: bool) -> tuple[int, int | None]:
+    """``(completions, max_tokens)`` a raw completion or chat request body asks for, read without
+    validating it (the server behind validates): what :meth:`RequestLimits.check_work` takes. A
+    malformed field counts as one completion and no token limit; validation refuses it later."""
+    if not isinstance(payload, Mapping):
+        return 1, None
+    n = payload.get("n")
+    choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+    prompts = 1
+    prompt = payload.get("prompt")
+    if not chat and isinstance(prompt, list) and prompt and not all(isinstance(item, int) for item in prompt):
+        prompts = len(prompt)  # a list of strings or of token lists: one completion set per prompt
+    limit = payload.get("max_completion_tokens") if chat else None
+    limit = limit if limit is not None else payload.get("max_tokens")
+    max_tokens = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+    return prompts * choices, max_tokens
 
 
 class TextPart(BaseModel):
@@ -104,11 +180,20 @@ class _SamplingRequest(BaseModel):
         if self.logit_bias:
             raise ValueError("logit_bias is not supported by this server")
         extra = self.model_extra or {}
-        for field in ("tools", "functions", "guided_json", "guided_regex", "guided_choice", "structured_outputs"):
+        for field in (
+            "tools",
+            "functions",
+            "guided_json",
+            "guided_regex",
+            "guided_choice",
+            "structured_outputs",
+        ):
             if extra.get(field):
                 raise ValueError(f"{field} is not supported by this server")
         response_format = extra.get("response_format")
-        if response_format and (not isinstance(response_format, dict) or response_format.get("type", "text") != "text"):
+        if response_format and (
+            not isinstance(response_format, dict) or response_format.get("type", "text") != "text"
+        ):
             raise ValueError("response_format other than {'type': 'text'} is not supported by this server")
         return self
 
@@ -199,7 +284,11 @@ def now() -> int:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def token_bytes(token: str) -> list[int] | None:

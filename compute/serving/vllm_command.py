@@ -6,6 +6,10 @@ as ``VLLM_API_KEY``, where vLLM reads it (``--api-key`` would show the secret to
 list processes). The caller runs ``subprocess.Popen(argv, env=env)`` and polls ``/health``
 (which vLLM serves without authentication) until the server is up.
 
+vLLM always listens on loopback (:data:`VLLM_HOST`): its key guards only ``/v1/*``, and routes
+such as ``/invocations``, ``/tokenize``, ``/pooling`` and ``/metrics`` answer anyone who reaches the
+port. Clients reach it through :mod:`compute.serving.proxy`, which checks the token on every path.
+
 Names match the transformers server (:mod:`compute.serving.server`): the base model is served
 under ``config.model`` (``--served-model-name``), each adapter under its reference
 (``--lora-modules``, in the JSON form that also records the adapter's base model).
@@ -24,6 +28,7 @@ from jobs.adapter_config import adapter_rank
 from jobs.serve import ServeConfig
 
 API_KEY_VARIABLE = "VLLM_API_KEY"
+VLLM_HOST = "127.0.0.1"  # never a public address: see the module docstring
 
 
 def build_vllm_serve_command(
@@ -31,12 +36,11 @@ def build_vllm_serve_command(
     *,
     model_path: str | Path,
     adapter_paths: Mapping[str, str | Path],
-    host: str,
     port: int,
     tensor_parallel_size: int = 1,
     executable: Sequence[str] = ("vllm",),
 ) -> list[str]:
-    """The argv of ``vllm serve`` for ``config``.
+    """The argv of ``vllm serve`` for ``config``, listening on ``127.0.0.1:<port>``.
 
     ``model_path`` is the local directory of ``config.model``; ``adapter_paths`` maps each of
     ``config.lora_adapters`` to its local directory. Reads only ``config.json`` (to keep
@@ -55,7 +59,7 @@ def build_vllm_serve_command(
         "--served-model-name",
         config.model,
         "--host",
-        host,
+        VLLM_HOST,
         "--port",
         str(port),
         "--max-model-len",

@@ -1,9 +1,12 @@
-"""`vllm serve` as a child process, with the same lifecycle as the transformers server.
+"""`vllm serve` as a child process behind our bearer-token proxy, with the transformers server's lifecycle.
 
 ``start()`` launches the argv of :func:`compute.serving.vllm_command.build_vllm_serve_command`
-(token in ``VLLM_API_KEY``, never in argv) and returns once ``/health`` answers; ``stop()``
-terminates the process group. Idle time comes from vLLM's Prometheus ``/metrics``: requests
-running or waiting, or a change in the finished-request counter, count as activity.
+(token in ``VLLM_API_KEY``, never in argv) on ``127.0.0.1`` and a free port of its own, waits
+until its ``/health`` answers, then starts :class:`~compute.serving.proxy.AuthProxy` on the
+``host:port`` the caller publishes; :attr:`url` and :attr:`base_url` are the proxy's. ``stop()``
+stops the proxy, then terminates vLLM's process group. Idle time comes from vLLM's Prometheus
+``/metrics``, read on loopback (the proxy does not forward it): requests running or waiting, or a
+change in the finished-request counter, count as activity.
 
 Runs only where vLLM and a CUDA GPU exist; nothing here imports vLLM.
 """
@@ -12,14 +15,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
 from compute.serving.lifetime import ShutdownReason, shutdown_reason, wait_until_shutdown
-from compute.serving.vllm_command import build_vllm_serve_command, vllm_serve_environment
+from compute.serving.protocol import RequestLimits
+from compute.serving.vllm_command import VLLM_HOST, build_vllm_serve_command, vllm_serve_environment
 from jobs.serve import ServeConfig
 
 _ACTIVITY_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
@@ -46,6 +52,8 @@ def parse_vllm_metrics(text: str) -> tuple[float, float]:
 
 
 class VllmServer:
+    """vLLM on loopback, published on ``host:port`` through the bearer-token proxy."""
+
     def __init__(
         self,
         config: ServeConfig,
@@ -56,14 +64,28 @@ class VllmServer:
         host: str,
         port: int,
         log_path: Path,
+        limits: RequestLimits | None = None,
+        executable: Sequence[str] = ("vllm",),
     ):
+        """``host:port`` is where clients connect (the proxy); vLLM itself gets a free loopback port.
+        ``executable`` is what runs ``serve`` (tests put a stand-in there)."""
         self.config = config
-        self.argv = build_vllm_serve_command(config, model_path=model_path, adapter_paths=adapter_paths, host=host, port=port)
+        self.upstream_port = _free_loopback_port()
+        self.argv = build_vllm_serve_command(
+            config,
+            model_path=model_path,
+            adapter_paths=adapter_paths,
+            port=self.upstream_port,
+            executable=executable,
+        )
         self._env = vllm_serve_environment(api_key)
+        self._api_key = api_key
+        self._limits = limits
         self.host = host
-        self.port = port
+        self._requested_port = port
         self.log_path = log_path
         self._process: subprocess.Popen | None = None
+        self._proxy = None
         self.started_at = 0.0
         self.last_activity = 0.0
         self._finished = 0.0
@@ -72,7 +94,20 @@ class VllmServer:
         return f"VllmServer(model={self.config.model!r}, port={self.port})"
 
     @property
+    def port(self) -> int:
+        """The published port (the proxy's; the one chosen when ``port=0`` was asked for, once started)."""
+        return self._proxy.port if self._proxy is not None else self._requested_port
+
+    @property
+    def upstream_url(self) -> str:
+        """vLLM itself, on loopback: for this machine's own reads (health, metrics), never published."""
+        return f"http://{VLLM_HOST}:{self.upstream_port}"
+
+    @property
     def url(self) -> str:
+        """The proxy's root URL (``/health`` lives here); what clients use."""
+        if self._proxy is not None:
+            return self._proxy.url
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
 
@@ -85,25 +120,48 @@ class VllmServer:
         return self._process is not None and self._process.poll() is None
 
     def start(self, timeout: float = 1800.0) -> VllmServer:
+        from compute.serving.proxy import AuthProxy
+
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(self.argv, env=self._env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self._process = subprocess.Popen(
+                self.argv, env=self._env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout  # loading weights and compiling can take many minutes
         while time.monotonic() < deadline:
             if not self.running:
-                raise RuntimeError(f"vllm serve exited with code {self._process.returncode}; see {self.log_path}")
+                raise RuntimeError(
+                    f"vllm serve exited with code {self._process.returncode}; see {self.log_path}"
+                )
             try:
-                with urlopen(f"{self.url}/health", timeout=2) as response:  # noqa: S310 - loopback
+                with urlopen(f"{self.upstream_url}/health", timeout=2) as response:  # noqa: S310 - loopback
                     if response.status == 200:
-                        self.started_at = self.last_activity = time.time()
-                        return self
+                        break
             except (URLError, OSError):
                 pass
             time.sleep(2)
-        self.stop()
-        raise TimeoutError(f"vllm serve did not become healthy within {timeout:.0f}s; see {self.log_path}")
+        else:
+            self.stop()
+            raise TimeoutError(
+                f"vllm serve did not become healthy within {timeout:.0f}s; see {self.log_path}"
+            )
+        try:
+            self._proxy = AuthProxy(
+                self.upstream_url,
+                token=self._api_key,
+                host=self.host,
+                port=self._requested_port,
+                limits=self._limits,
+            ).start()
+        except Exception:
+            self.stop()
+            raise
+        self.started_at = self.last_activity = time.time()
+        return self
 
     def stop(self, timeout: float = 30.0) -> None:
+        if self._proxy is not None:
+            self._proxy.stop()
         if not self.running:
             return
         os.killpg(self._process.pid, signal.SIGTERM)
@@ -115,7 +173,7 @@ class VllmServer:
 
     def _observe_activity(self) -> bool:
         try:
-            with urlopen(f"{self.url}/metrics", timeout=5) as response:  # noqa: S310 - loopback
+            with urlopen(f"{self.upstream_url}/metrics", timeout=5) as response:  # noqa: S310 - loopback
                 busy, finished = parse_vllm_metrics(response.read().decode())
         except (URLError, OSError):
             return False
@@ -138,3 +196,9 @@ class VllmServer:
     def wait_until_shutdown(self, poll_seconds: float = 5.0) -> ShutdownReason | str:
         """Until the config's timeouts say to stop, or the server exited (see ``lifetime.wait_until_shutdown``)."""
         return wait_until_shutdown(self, poll_seconds)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((VLLM_HOST, 0))
+        return sock.getsockname()[1]

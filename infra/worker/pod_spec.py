@@ -10,6 +10,10 @@ Naming convention (the worker and its orphan sweep rely on it):
   launch so that a sweep (any worker of the pool, after a restart) applies them from the pod's age to a
   pod nobody watches, whatever its run's state.
 
+What else a pod's env holds is decided by :func:`pod_env`: of the worker's own Prefect settings only
+those in :data:`POD_PREFECT_SETTINGS` (RunPod shows a pod's env in its console, so the worker's server
+auth string, database URL and the like never go there).
+
 Dev pods (``infra.runpod.dev_pod``) are named ``ow-dev-…`` and carry no work-pool label, so no sweep touches them.
 """
 
@@ -18,7 +22,7 @@ from __future__ import annotations
 import re
 import shlex
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from infra.bounds import MAX_RUN_HOURS_MAX, POD_START_TIMEOUT_SECONDS_MAX, parse_bounded_positive
 from infra.runpod.models import Pod
@@ -31,6 +35,16 @@ START_TIMEOUT_ENV = "OW_POD_START_TIMEOUT_SECONDS"
 MAX_RUN_HOURS_ENV = "OW_POD_MAX_RUN_HOURS"
 # RunPod gives each pod its own, pod-scoped key under this name; the account key must never replace it.
 POD_API_KEY_ENV = "RUNPOD_API_KEY"
+# The worker's own Prefect settings a pod gets: where the API is and how to authenticate to it (the
+# engine in the pod reads its flow run, reports its states and sends its logs there), and how its logs
+# are shipped. Every other setting the worker has (its server's auth string, a database URL, profile
+# paths of the worker machine) stays on the worker.
+POD_PREFECT_SETTINGS = frozenset(
+    {"PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "PREFECT_API_TLS_INSECURE_SKIP_VERIFY"}
+)
+POD_PREFECT_SETTING_PREFIXES = ("PREFECT_LOGGING_",)
+# Prefect's per-run variables (flow run id, worker and deployment names): identifiers, not settings.
+PREFECT_RUNTIME_PREFIX = "PREFECT__"
 POD_ENTRYPOINT = ("python", "-m", "infra.pod.entrypoint")
 # Placeholder until the pod image (infra/Dockerfile) is pushed somewhere RunPod can pull from.
 DEFAULT_IMAGE = "ow-prefect-pod:latest"
@@ -110,10 +124,21 @@ def pod_env(
     api_base_url: str | None,
     start_timeout_seconds: float | None = None,
     max_run_hours: float | None = None,
+    set_in_job_variables: Collection[str] = (),
 ) -> dict[str, str]:
-    """The pod's environment: Prefect's (API URL, flow-run id, auth, and the user's and ``OW_*``
-    variables of the job configuration, passed through unchanged) plus what our pod side needs."""
-    env = {key: value for key, value in job_env.items() if value is not None}
+    """The pod's environment: the job configuration's env as Prefect prepared it, less the worker's
+    Prefect settings a pod does not need, plus what our pod side needs.
+
+    ``job_env`` holds the worker's explicitly set Prefect settings, Prefect's per-run variables
+    (``PREFECT__*``) and the pool's and deployment's ``env`` variable; ``set_in_job_variables`` names
+    the latter, which pass as set (a user who puts a setting there means the pod to have it). Of the
+    worker's settings only :data:`POD_PREFECT_SETTINGS` and ``PREFECT_LOGGING_*`` pass.
+    """
+    env = {
+        key: value
+        for key, value in job_env.items()
+        if value is not None and (key in set_in_job_variables or pod_needs_setting(key))
+    }
     env.pop(POD_API_KEY_ENV, None)
     env[TTL_HOURS_ENV] = format(ttl_hours, "g")
     env[WORK_POOL_ENV] = work_pool_name
@@ -125,3 +150,11 @@ def pod_env(
         # The pod ends itself through the same API the worker uses (an emulator or a proxy).
         env["RUNPOD_API_BASE_URL"] = api_base_url
     return env
+
+
+def pod_needs_setting(name: str) -> bool:
+    """Whether an env variable of the worker's Prefect configuration goes into its pods: anything
+    that is not a Prefect setting, Prefect's per-run variables, and :data:`POD_PREFECT_SETTINGS`."""
+    if not name.startswith("PREFECT_") or name.startswith(PREFECT_RUNTIME_PREFIX):
+        return True
+    return name in POD_PREFECT_SETTINGS or name.startswith(POD_PREFECT_SETTING_PREFIXES)

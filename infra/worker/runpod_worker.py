@@ -143,7 +143,12 @@ class RunPodJobConfiguration(BaseJobConfiguration, RunPodPodSettings):
         worker_name: str | None = None,
         worker_id: Any = None,
     ) -> None:  # noqa: E501 - Prefect's signature
-        """Prefect's env, then the pod's: its one name and the env it gets (see :func:`pod_env`)."""
+        """Prefect's env, then the pod's: its one name and the env it gets (see :func:`pod_env`).
+
+        Prefect puts every explicitly set setting of the worker into the env; the pod keeps only those
+        it needs, because RunPod shows a pod's env to anyone with access to the account's console.
+        """
+        set_in_job_variables = {key for key, value in (self.env or {}).items() if value is not None}
         super().prepare_for_flow_run(flow_run, deployment, flow, work_pool, worker_name, worker_id)
         pool_name = work_pool.name if work_pool is not None else (flow_run.work_pool_name or "pool")
         self.name = pod_name_for(pool_name, flow_run.id)
@@ -155,6 +160,7 @@ class RunPodJobConfiguration(BaseJobConfiguration, RunPodPodSettings):
             api_base_url=credentials.api_base_url if credentials else None,
             start_timeout_seconds=self.pod_start_timeout_seconds,
             max_run_hours=self.max_run_hours,
+            set_in_job_variables=set_in_job_variables,
         )
 
     def hardware_options(self) -> list[HardwareOption]:
@@ -532,7 +538,9 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
                     return
                 if state is None or state.type is not StateType.CRASHED or state.message != message:
                     try:
-                        await self.client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+                        await self.client.set_flow_run_state(
+                            flow_run_id, Crashed(message=message), force=True
+                        )
                     except Exception as exc:  # noqa: BLE001 - tried again within the window
                         self._logger.warning("Could not mark flow run %s Crashed (%s)", flow_run_id, exc)
                 await anyio.sleep(1.0)

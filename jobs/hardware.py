@@ -109,10 +109,10 @@ class HardwareRequest(BaseModel):
                 "to be a HardwareRequest"
             )
         # Fields declared on a base come first; the form (the flow's signature, built from model_fields)
-        # should show the job's own parameters first, so max_cost_usd and force move to the end. Validation and
+        # should show the job's own parameters first, so force and max_cost_usd move to the end. Validation and
         # serialisation do not depend on this order.
         fields = dict(cls.__pydantic_fields__)
-        for name in (MAX_COST_FIELD, FORCE_FIELD):
+        for name in (FORCE_FIELD, MAX_COST_FIELD):
             fields[name] = fields.pop(name)
         cls.__pydantic_fields__ = fields
 

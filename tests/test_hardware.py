@@ -14,6 +14,7 @@ from infra.runpod.hardware import (
     parse_hardware,
 )
 from jobs.hardware import (
+    FORCE_FIELD,
     MAX_COST_FIELD,
     NOT_IN_JOB_ID,
     PLACEMENT_FIELDS,
@@ -156,7 +157,7 @@ def test_every_gpu_job_type_takes_the_hardware_request_and_max_cost_last_and_des
     for job_type in job_types():
         model = get_job_spec(job_type).params_model
         assert issubclass(model, HardwareRequest), job_type
-        assert tuple(model.model_fields)[-len(NOT_IN_JOB_ID):] == (*PLACEMENT_FIELDS, MAX_COST_FIELD), job_type
+        assert tuple(model.model_fields)[-len(NOT_IN_JOB_ID):] == (*PLACEMENT_FIELDS, FORCE_FIELD, MAX_COST_FIELD), job_type
         assert all(model.model_fields[name].description for name in NOT_IN_JOB_ID), job_type
 
 

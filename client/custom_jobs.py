@@ -31,6 +31,10 @@ parameter model has a field of that name. They do not change the job ID (:mod:`j
 ``get_entrypoint`` may return a command string, as OpenWeights' jobs do; it is split as a POSIX
 shell would split words (``shlex``) but never run by a shell, so a string that needs one (pipes,
 ``&&``, redirections, ``$VARIABLES``) is refused with a message saying so: put that in a script.
+
+A job declared the OpenWeights way runs with only the import changed: ``Jobs`` (``from client
+import Jobs, OpenWeights, register``) is this class, and the script's own ``OpenWeights().run.log({...})``
+records events of its run, read back with ``ow.events.list(job_id=job.id)`` (:mod:`client.events`).
 """
 
 from __future__ import annotations
@@ -93,7 +97,9 @@ class CustomJob(abc.ABC):
         hardware instead of the class's, unless the job's parameter model has fields of those names.
         """
         hardware = {
-            name: params.pop(name) for name in PLACEMENT_FIELDS if name in params and name not in self.params.model_fields
+            name: params.pop(name)
+            for name in PLACEMENT_FIELDS
+            if name in params and name not in self.params.model_fields
         }
         validated = self.params(**params)
         definition = {
@@ -123,9 +129,13 @@ class CustomJob(abc.ABC):
             if path.is_file():
                 mounted[target] = self._ow.files.upload(path, "custom_job_file")["id"]
             elif path.is_dir():
-                for file in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+                for file in sorted(
+                    p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                ):
                     relative = file.relative_to(path).as_posix()
-                    mounted[f"{target.rstrip('/')}/{relative}"] = self._ow.files.upload(file, "custom_job_file")["id"]
+                    mounted[f"{target.rstrip('/')}/{relative}"] = self._ow.files.upload(
+                        file, "custom_job_file"
+                    )["id"]
             else:
                 raise FileNotFoundError(f"{type(self).__name__}.mount: {source} does not exist")
         return mounted

@@ -7,7 +7,8 @@ Statuses are OpenWeights' — ``pending``, ``in_progress``, ``completed``, ``fai
 
 Creating a job validates and hashes it here first (errors name the field, file and line before
 anything is submitted). An identical job that is pending, running or completed is returned as it
-is; a failed or canceled one is submitted again (``job.restart()`` does the same by ID).
+is; a failed or canceled one is submitted again. ``job.restart()`` runs a job again as OpenWeights
+does, a completed one included (with ``force=True``, so its GPU stage runs and its result is replaced).
 
 As in OpenWeights, ``job.params["validated_params"]`` holds the parameters with every default filled
 and ``finetuned_model_id`` resolved; ``job.runs`` lists its runs (GPU-stage attempts), oldest first.
@@ -126,13 +127,14 @@ class Job:
         return self.refresh()
 
     def restart(self) -> Job:
-        """Run a failed or canceled job again (a new control run, so a new run of its GPU stage).
+        """Run the job again, as OpenWeights does: a new control run, so a new run of its GPU stage.
 
-        A pending, running or completed job is returned as it is: its GPU stage is cached under the
-        job's content hash, so an identical job that completed is its own result (OpenWeights would
-        train it again).
+        A completed job runs again too, with ``force=True``: its stored result is not served, and the
+        new run's result replaces it. A pending or running job is returned as it is. This object is
+        updated too (OpenWeights' ``restart`` updates the job it is called on).
         """
-        return self._manager.restart(self.id)
+        self.__dict__.update(self._manager.restart(self.id).__dict__)
+        return self
 
     @property
     def runs(self) -> list[Run]:
@@ -215,11 +217,15 @@ class Jobs:
         return self.retrieve(job_id).cancel()
 
     def restart(self, job_id: str) -> Job:
-        """Submit a failed or canceled job again with its own parameters; others are returned as they are."""
+        """Submit a job again with its own parameters: a failed or canceled one as it was, a completed one
+        with ``force=True`` (its stored result would otherwise be served); a pending or running one is
+        returned as it is."""
         job = self.retrieve(job_id)
-        if job.status not in (FAILED, CANCELED) or job.type is None:
+        if job.status not in (FAILED, CANCELED, COMPLETED) or job.type is None:
             return job
         raw = {key: value for key, value in job.params.items() if key != "validated_params"}
+        if job.status == COMPLETED:
+            raw[FORCE_FIELD] = True
         return self._launch(job, validate_params(get_job_spec(job.type), raw), raw)
 
     def submit(self, job_type: str, params: dict[str, Any]) -> Job:

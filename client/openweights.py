@@ -6,9 +6,12 @@
     job = ow.fine_tuning.create(model=…, training_file=training_file, loss="sft", epochs=1, learning_rate=1e-4, r=32)
     job.wait(); print(job.status, job.outputs)
     ow.costs.report(by="job_type", since="7d")   # GPU spend from the cost ledger
+    ow.events.list(job_id=job.id)                # what the job's code logged with ow.run.log({...})
 
 Talks to the Prefect server at ``PREFECT_API_URL`` and to the store configured there (the
-``ow-artifact-store`` block, ``OW_STORE_BLOCK`` or ``store_block`` to pick another).
+``ow-artifact-store`` block, ``OW_STORE_BLOCK`` or ``store_block`` to pick another). The store is
+loaded when first used: a job's own code constructs ``OpenWeights()`` to call ``ow.run.log``,
+with no Prefect settings to load a store from (:mod:`client.events`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 from client.chat import AsyncChatCompletions, ChatCompletions, RateLimiter, ResponseCache
 from client.costs import Costs
 from client.custom_jobs import registered_jobs
+from client.events import CurrentRun, Events
 from client.files import Files
 from client.jobs import Job, JobFactory, Jobs
 
@@ -73,10 +77,10 @@ class OpenWeights:
         deploy_kwargs: dict[str, Any] | None = None,
         deploy_gather_seconds: float = 5.0,
     ):
-        from blocks.storage import load_store_block, ow_home
+        from blocks.storage import ow_home
         from client.api import OnDemandDeployments
 
-        self._store = load_store_block(store_block).artifact_store()
+        self._store = _StoreOnFirstUse(store_block)
         self.files = Files(self._store)
         self.jobs = Jobs(self._store, self.files, store_block=store_block)
         self.fine_tuning = JobFactory(self.jobs, "finetune")
@@ -88,6 +92,8 @@ class OpenWeights:
         self.logprob = JobFactory(self.jobs, "logprobs", renamed={"dataset": "input_file"})
         self.multiple_choice = JobFactory(self.jobs, "eval-multiple-choice")
         self.custom = JobFactory(self.jobs, "custom")
+        self.events = Events()
+        self._current_run: CurrentRun | None = None
         self.api = Api(self)
         self.costs = Costs()
         self._deployments: list = []
@@ -105,6 +111,13 @@ class OpenWeights:
                 self._route_async, cache, max_concurrent or 32, kill=self._on_demand.kill
             )
         )
+
+    @property
+    def run(self) -> CurrentRun:
+        """The run whose code calls this (inside a job): ``ow.run.log({...})`` records one of its events."""
+        if self._current_run is None:
+            self._current_run = CurrentRun()
+        return self._current_run
 
     def __getattr__(self, name: str):
         jobs = registered_jobs()
@@ -142,6 +155,21 @@ class OpenWeights:
     def _route_async(self, model: str):
         deployment, served_name = self._endpoint_for(model)
         return deployment.async_client(), served_name
+
+
+class _StoreOnFirstUse:
+    """The client's artifact store, loaded from its Prefect block when first used (see the module docstring)."""
+
+    def __init__(self, store_block: str | None):
+        self._block = store_block
+        self._loaded = None
+
+    def __getattr__(self, name: str):
+        if self._loaded is None:
+            from blocks.storage import load_store_block
+
+            self._loaded = load_store_block(self._block).artifact_store()
+        return getattr(self._loaded, name)
 
 
 def _serves(deployment, model: str | None) -> bool:

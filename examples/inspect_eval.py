@@ -11,8 +11,9 @@ task_file = ow.files.upload("../tests/data/inspect_tasks/arithmetic_tasks.py", p
 job = ow.inspect_ai.create(
     model=tiny_model(),
     eval_name=f"{task_file}@arithmetic",  # or a registry task of an installed package, e.g. "inspect_evals/gpqa_diamond"
-    task_args={"count": 3},  # typed options instead of OpenWeights' free-form `options` string
+    task_args={"count": 3},
     max_tokens=8,
+    options="--top-p 0.9 --message-limit 4",  # as `inspect eval` takes them (OpenWeights' `options`), or a dict
 )
 job.wait()
 if job.status == "completed":

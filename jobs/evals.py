@@ -22,7 +22,9 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # model_args keys the runner sets from the endpoint it is given; a value here would be ignored or,
 # worse, put a credential into the job parameters (which are logged and hashed into the job ID).
-RESERVED_MODEL_ARGS = frozenset({"api_key", "base_url", "service", "service_base_url", "api_key_var", "http_client"})
+RESERVED_MODEL_ARGS = frozenset(
+    {"api_key", "base_url", "service", "service_base_url", "api_key_var", "http_client"}
+)
 
 EVAL_NAME_FORMS = (
     "a registry name 'package/task_name' of an installed package (e.g. 'inspect_evals/gpqa_diamond'), "
@@ -40,7 +42,8 @@ class InspectTaskRef(BaseModel):
         None, description="'package/task_name' registered by an installed package; None for a task file."
     )
     file: str | None = Field(
-        None, description="Path or file ID of the .py file that defines @task functions; None for a registry task."
+        None,
+        description="Path or file ID of the .py file that defines @task functions; None for a registry task.",
     )
     task_name: str | None = Field(
         None,
@@ -84,7 +87,9 @@ def parse_eval_name(eval_name: str) -> InspectTaskRef:
 def _check_model_reference(value: str, field: str) -> str:
     value = value.strip()
     if not value:
-        raise ValueError(f"{field} is empty; give a Hugging Face repo ID, a local path or an uploaded model ID")
+        raise ValueError(
+            f"{field} is empty; give a Hugging Face repo ID, a local path or an uploaded model ID"
+        )
     if any(ch.isspace() for ch in value):
         raise ValueError(f"{field} {value!r} contains whitespace; a model reference is a single token")
     return value
@@ -110,7 +115,10 @@ class _EvaluatedModel(BaseModel):
         description="With `lora_adapters`, also evaluate `model` itself (without an adapter) for comparison.",
     )
     max_model_len: int = Field(
-        8192, ge=256, le=1_048_576, description="Context length the model is served with (prompt + completion tokens)."
+        8192,
+        ge=256,
+        le=1_048_576,
+        description="Context length the model is served with (prompt + completion tokens).",
     )
 
     @field_validator("model")
@@ -130,8 +138,10 @@ class _EvaluatedModel(BaseModel):
     @model_validator(mode="after")
     def _base_model_flag(self) -> _EvaluatedModel:
         if self.include_base_model and not self.lora_adapters:
-            raise ValueError("include_base_model is only meaningful with lora_adapters (the base model is always "
-                             "evaluated when there are none)")
+            raise ValueError(
+                "include_base_model is only meaningful with lora_adapters (the base model is always "
+                "evaluated when there are none)"
+            )
         return self
 
     def models_to_evaluate(self) -> list[str]:
@@ -155,26 +165,65 @@ class InspectEvalConfig(_EvaluatedModel, HardwareRequest):
         description="Extra arguments of inspect's OpenAI-compatible model provider (e.g. 'emulate_tools'). "
         "The endpoint URL and API key are set by the job, not here.",
     )
-    limit: int | None = Field(None, ge=1, description="Evaluate only the first N samples of each task; None: all.")
-    epochs: int = Field(1, ge=1, le=100, description="How many times each sample is run (scores are averaged).")
+    limit: int | None = Field(
+        None, ge=1, description="Evaluate only the first N samples of each task; None: all."
+    )
+    epochs: int = Field(
+        1, ge=1, le=100, description="How many times each sample is run (scores are averaged)."
+    )
     temperature: float | None = Field(
         None, ge=0.0, le=2.0, description="Sampling temperature; None keeps the task's own generate config."
     )
     max_tokens: int | None = Field(
-        None, ge=1, le=1_048_576, description="Maximum tokens per completion; None keeps the task's own setting."
+        None,
+        ge=1,
+        le=1_048_576,
+        description="Maximum tokens per completion; None keeps the task's own setting.",
     )
     seed: int | None = Field(None, description="Sampling seed passed to the model API; None: no seed.")
     max_connections: int = Field(
-        16, ge=1, le=1024, description="Concurrent requests to the served model (also bounds samples in flight)."
+        16,
+        ge=1,
+        le=1024,
+        description="Concurrent requests to the served model (also bounds samples in flight).",
     )
     log_format: Literal["eval", "json"] = Field(
-        "eval", description="Format of the inspect log written to the job's artifacts (both open in `inspect view`)."
+        "eval",
+        description="Format of the inspect log written to the job's artifacts (both open in `inspect view`).",
+    )
+    options: dict[str, JsonValue] | str = Field(
+        default_factory=dict,
+        description="More options of inspect, as `inspect eval` takes them on its command line "
+        "('--top-p 0.9 --limit 10 -T count=3', as OpenWeights' inspect job takes them) or as inspect_ai.eval() "
+        "keyword arguments ({'top_p': 0.9, 'message_limit': 20}). Checked against the installed inspect-ai before "
+        "any GPU; options this job has a parameter for (limit, temperature, -T, …) are moved into it.",
     )
 
     # Where the GPU stage runs (jobs.hardware): not part of the job ID
     allowed_hardware: AllowedHardware
     requires_vram_gb: RequiredVramGb
     image: ContainerImage
+
+    @model_validator(mode="before")
+    @classmethod
+    def _options_into_parameters(cls, data):
+        # Before the fields are validated, so a moved option is checked as its parameter (bounds and all).
+        if isinstance(data, dict) and data.get("options"):
+            from jobs.inspect_options import move_options_into_parameters
+
+            return move_options_into_parameters(data)
+        return data
+
+    @field_validator("options")
+    @classmethod
+    def _options_are_inspects(cls, value: dict[str, JsonValue] | str) -> dict[str, JsonValue]:
+        if not value:
+            return {}
+        from jobs.inspect_options import check_options, parse_options
+
+        options = parse_options(value)  # already a dict unless the validator above could not read it
+        check_options(options)
+        return options
 
     @field_validator("eval_name")
     @classmethod
@@ -215,7 +264,7 @@ class MmluProConfig(_EvaluatedModel, HardwareRequest):
     dataset_file: str = Field(
         ...,
         description="File ID of a JSONL file in MMLU-Pro format (question, options, answer, category per line). "
-        "Rows with \"split\": \"validation\" (or \"dev\") are few-shot examples; all others are evaluated.",
+        'Rows with "split": "validation" (or "dev") are few-shot examples; all others are evaluated.',
     )
     fewshot_file: str | None = Field(
         None,
@@ -230,7 +279,8 @@ class MmluProConfig(_EvaluatedModel, HardwareRequest):
         "MMLU-Pro's published protocol is 5-shot with chain of thought.",
     )
     categories: list[str] = Field(
-        default_factory=list, description="Evaluate only these categories (as in the file); empty: all categories."
+        default_factory=list,
+        description="Evaluate only these categories (as in the file); empty: all categories.",
     )
     chain_of_thought: bool = Field(
         True,
@@ -243,7 +293,10 @@ class MmluProConfig(_EvaluatedModel, HardwareRequest):
         "'text': one plain-text prompt (base models), generation stops at the next 'Question:'.",
     )
     max_tokens: int = Field(
-        2048, ge=1, le=1_048_576, description="Maximum tokens per answer; chain of thought needs room to reason."
+        2048,
+        ge=1,
+        le=1_048_576,
+        description="Maximum tokens per answer; chain of thought needs room to reason.",
     )
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 = greedy decoding.")
     limit: int | None = Field(

@@ -120,8 +120,10 @@ class InspectRunResult:
     def raise_for_failures(self) -> None:
         """Raise ``InspectEvalFailed`` naming each run that did not succeed."""
         if self.failed:
-            details = "; ".join(f"{log.task} on {log.model}: {log.status} ({log.error or 'no error message'})"
-                                for log in self.failed)
+            details = "; ".join(
+                f"{log.task} on {log.model}: {log.status} ({log.error or 'no error message'})"
+                for log in self.failed
+            )
             raise InspectEvalFailed(f"{len(self.failed)} inspect run(s) did not succeed: {details}")
 
 
@@ -133,7 +135,9 @@ def scores_from_logs(logs: Iterable) -> list[InspectScore]:
             continue
         for score in log.results.scores:
             for metric in score.metrics.values():
-                rows.append(InspectScore(log.eval.task, log.eval.model, score.name, metric.name, float(metric.value)))
+                rows.append(
+                    InspectScore(log.eval.task, log.eval.model, score.name, metric.name, float(metric.value))
+                )
     return rows
 
 
@@ -173,7 +177,10 @@ def run_inspect_eval(
     generate_config = _generate_config(config)
     logger.info(
         "inspect: running %s on %s at %s (logs in %s)",
-        ", ".join(task.task_names), ", ".join(model_names), endpoint.base_url, log_dir,
+        ", ".join(task.task_names),
+        ", ".join(model_names),
+        endpoint.base_url,
+        log_dir,
     )
     # The first eval in a process sets the root logger's level to inspect's console level (warning);
     # restore it so the rest of the process (our loggers, the flow's) keeps its configured level.
@@ -207,6 +214,8 @@ def run_inspect_eval(
             score_display=False,
             log_header_only=True,  # scores are in the header; samples stay on disk, not in memory
             **generate_config,
+            # The rest of the user's options (jobs.inspect_options): never one of the arguments above.
+            **config.options,
         )
     finally:
         root_logger.setLevel(root_level)

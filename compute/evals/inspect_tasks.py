@@ -58,7 +58,11 @@ def _is_task_decorator(decorator: ast.expr) -> bool:
 def _registered_name(node: ast.FunctionDef, decorator: ast.expr) -> str:
     if isinstance(decorator, ast.Call):
         for keyword in decorator.keywords:
-            if keyword.arg == "name" and isinstance(keyword.value, ast.Constant) and isinstance(keyword.value.value, str):
+            if (
+                keyword.arg == "name"
+                and isinstance(keyword.value, ast.Constant)
+                and isinstance(keyword.value.value, str)
+            ):
                 return keyword.value.value
     return node.name
 
@@ -67,7 +71,9 @@ def _signature_from_ast(name: str, node: ast.FunctionDef) -> TaskSignature:
     args = node.args
     positional = [a.arg for a in [*args.posonlyargs, *args.args]]
     n_required_positional = len(positional) - len(args.defaults)
-    kwonly_required = [a.arg for a, default in zip(args.kwonlyargs, args.kw_defaults, strict=True) if default is None]
+    kwonly_required = [
+        a.arg for a, default in zip(args.kwonlyargs, args.kw_defaults, strict=True) if default is None
+    ]
     return TaskSignature(
         name=name,
         params=tuple(positional + [a.arg for a in args.kwonlyargs]),
@@ -120,13 +126,16 @@ def registry_task(name: str) -> TaskSignature:
         known = sorted({ep.name for ep in declared})
         raise InspectTaskError(
             f"eval_name {name!r}: no installed package provides inspect tasks under {package!r} "
-            f"(packages that do: {known or 'none'}); install it where the eval runs, or give a task file"
+            f"(packages that do: {known or 'none'}); install it where the eval runs, on the control "
+            f"worker and in the GPU stage's image (e.g. `pip install {package}`), or give a task file"
         )
     for entry_point in matching:
         try:
             entry_point.load()  # importing the package registers its @task functions
         except Exception as exc:  # any import failure of a third-party package ends here
-            raise InspectTaskError(f"eval_name {name!r}: importing package {package!r} failed: {exc}") from exc
+            raise InspectTaskError(
+                f"eval_name {name!r}: importing package {package!r} failed: {exc}"
+            ) from exc
 
     # inspect's registry has no public lookup; these are the functions `inspect eval` itself uses.
     from inspect_ai._util.registry import registry_find, registry_info, registry_lookup
@@ -139,9 +148,19 @@ def registry_task(name: str) -> TaskSignature:
             for o in registry_find(lambda info: info.type == "task" and info.name.startswith(prefix))
         )
         shown = ", ".join(available[:30]) + (", ..." if len(available) > 30 else "")
+        # inspect names a package's tasks `package/task` only for a package it finds installed (in a
+        # site-packages directory, or editable); one that is only on PYTHONPATH registers bare names.
+        unnamespaced = (
+            ""
+            if available
+            else (
+                f" (inspect registers {package!r}'s tasks under its name only when the package is installed "
+                "in site-packages or editable, not merely on PYTHONPATH)"
+            )
+        )
         raise InspectTaskError(
             f"eval_name {name!r}: package {package!r} has no task named {name.split('/', 1)[1]!r}; "
-            f"its tasks: {shown or 'none'}"
+            f"its tasks: {shown or 'none'}{unnamespaced}"
         )
     return _signature_from_callable(name, function)
 

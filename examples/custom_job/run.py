@@ -1,6 +1,6 @@
 """A custom job: turn a script (word_count.py) into a job with validated parameters and a content-hashed ID.
 
-    .venv/bin/python examples/custom_job/run.py
+.venv/bin/python examples/custom_job/run.py
 """
 
 import json
@@ -35,3 +35,4 @@ if __name__ == "__main__":
     job = ow.word_count.create(input_file=data, min_length=4, top=3).wait()
     print(job.id, job.status)
     print(json.dumps(json.loads((job.download(HERE / "output") / "outputs" / "counts.json").read_text())))
+    print(ow.events.latest("*", job_id=job.id))  # what the script logged with ow.run.log

@@ -1,8 +1,11 @@
 """What a job cost: one charge per pod, summed per job, grouped for reports. Pure: no Prefect, no I/O.
 
-The RunPod worker writes one :class:`PodCharge` per pod it launched, once the pod is gone (price at
-launch × seconds from create to terminate, and RunPod's own billed figure where its billing endpoint
-answers). The control tier sums the charges of every GPU-stage attempt of a job into a
+The RunPod worker writes one :class:`PodCharge` per pod it launched: an *open* charge as soon as the
+pod exists (no ``ended_at`` yet), and the closed one once the pod is gone (price at launch × seconds
+from create to terminate, and RunPod's own billed figure where its billing endpoint answers). A pod
+whose worker died is closed by whichever worker of the pool later finds it (``ended_by`` says how its
+end was known). An open charge counts up to the time it was read (``as_of``), never past the pod's
+bound (``bound_at``). The control tier sums the charges of every GPU-stage attempt of a job into a
 :class:`JobCost` (recoveries included) and stores it in the job's result record. ``ow costs`` groups
 charges by day, deployment, job type, model or submitter. Where the ledger lives (a Prefect artifact
 per pod) is :mod:`tasks.cost_ledger`'s business, not this module's.
@@ -17,11 +20,17 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 GroupBy = Literal["day", "deployment", "job_type", "model", "submitter", "job"]
+# How a closed charge's end was known: "worker" (the worker watching the pod saw it gone or terminated
+# it), "sweep" (an orphan sweep terminated it), or, for a pod found gone while no worker watched it,
+# "billing" (the end RunPod's bill implies at the launch price), "flow_run_end" (its GPU-stage run's
+# end: the pod's entrypoint ends the pod then) or "bound" (nothing said more: the pod's bound).
+EndedBy = Literal["worker", "sweep", "billing", "flow_run_end", "bound"]
 GROUP_BY_CHOICES: tuple[str, ...] = ("day", "deployment", "job_type", "model", "submitter", "job")
 
 
 class PodCharge(BaseModel):
-    """The cost of one pod: what the worker measured, and what RunPod billed if it said."""
+    """The cost of one pod: what the worker measured, and what RunPod billed if it said; open (no
+    ``ended_at``) while the pod may still run."""
 
     pod_id: str
     flow_run_id: str = Field(description="The GPU-stage flow run the pod ran.")
@@ -36,12 +45,44 @@ class PodCharge(BaseModel):
     cloud: str | None = None
     price_per_hour: float | None = Field(None, description="USD per hour for the whole pod, at launch.")
     created_at: float = Field(description="Unix time the pod was created.")
-    ended_at: float = Field(description="Unix time the pod was seen gone (or terminated).")
+    ended_at: float | None = Field(
+        description="Unix time the pod was seen gone (or terminated); None while the charge is open."
+    )
     billed_usd: float | None = Field(None, description="RunPod's billed total for the pod, when it answered.")
+    bound_at: float | None = Field(
+        None,
+        description=(
+            "Unix time by which the pod ends at the latest, as launched: created + max_run_hours, else + "
+            "ttl_hours (a TTL extended inside the pod can outlast it). An open charge counts no further."
+        ),
+    )
+    as_of: float | None = Field(
+        None, description="An open charge counts up to this Unix time (its reader's now); unused once closed."
+    )
+    ended_by: EndedBy | None = Field(
+        None, description="How the end was known (None: open, or recorded before)."
+    )
+
+    @property
+    def is_open(self) -> bool:
+        """The pod may still run: nobody has yet recorded its end."""
+        return self.ended_at is None
+
+    @property
+    def counted_until(self) -> float:
+        """Where the charge's time ends: its end, or for an open charge ``as_of`` capped at its bound."""
+        if self.ended_at is not None:
+            return self.ended_at
+        until = self.created_at if self.as_of is None else self.as_of
+        return until if self.bound_at is None else min(until, self.bound_at)
 
     @property
     def seconds(self) -> float:
-        return max(0.0, self.ended_at - self.created_at)
+        return max(0.0, self.counted_until - self.created_at)
+
+    def at(self, now: float) -> PodCharge:
+        """The charge as of ``now`` (Unix time): an open one counts up to it; a closed one is unchanged."""
+        return self.model_copy(update={"as_of": now}) if self.is_open else self
 
     @property
     def measured_usd(self) -> float | None:
@@ -68,6 +109,11 @@ class JobCost(BaseModel):
     def gpu_seconds(self) -> float:
         return sum(charge.seconds * charge.gpu_count for charge in self.pods)
 
+    @property
+    def provisional(self) -> bool:
+        """Some pod's charge is still open: the figure is its cost so far, not its final cost."""
+        return any(charge.is_open for charge in self.pods)
+
 
 LOCAL_NOTE = "ran on the local process pool: no GPU was rented, so there is no cost"
 
@@ -78,13 +124,19 @@ def local_cost() -> JobCost:
 
 
 def job_cost(charges: Iterable[PodCharge], *, missing: int = 0) -> JobCost:
-    """Sum the charges of one job's pods. ``missing`` counts pods whose charge never arrived."""
+    """Sum the charges of one job's pods. ``missing`` counts pods whose charge never arrived; an open
+    charge counts its cost so far, and the note says the figure is provisional."""
     pods = sorted(charges, key=lambda charge: charge.created_at)
     usd = round(sum(charge.usd for charge in pods), 6)
-    unpriced = [charge.pod_id for charge in pods if charge.billed_usd is None and charge.price_per_hour is None]
+    unpriced = [
+        charge.pod_id for charge in pods if charge.billed_usd is None and charge.price_per_hour is None
+    ]
+    still_open = [charge.pod_id for charge in pods if charge.is_open]
     notes = []
     if unpriced:
         notes.append(f"no price known for pod(s) {', '.join(unpriced)}: counted as $0")
+    if still_open:
+        notes.append(f"provisional: pod(s) {', '.join(still_open)} not known to have ended, counted so far")
     if missing:
         notes.append(f"{missing} pod(s) not yet accounted for")
     return JobCost(usd=usd, billed=True, pods=pods, note="; ".join(notes))

@@ -1,10 +1,13 @@
 """The cost ledger: one Prefect table artifact per pod, on the GPU-stage flow run the pod ran; and
 the budget holds: one artifact per admitted job, on its control flow run, while that run lasts.
 
-The RunPod worker writes a pod's :class:`~jobs.costs.PodCharge` once the pod is gone
-(:func:`charge_artifact`); the Prefect UI shows it on the GPU stage's Artifacts tab, and it lives in
-Prefect's database (SQLite or PostgreSQL) with the runs it describes. The control tier reads a job's
-charges to put its cost in the result record; ``ow costs`` and budgets read every charge in a window.
+The RunPod worker writes a pod's :class:`~jobs.costs.PodCharge` as soon as the pod exists (open: no
+end yet) and again once the pod is gone (:func:`charge_artifact`, the same key: Prefect keeps both as
+versions, and the newest is the pod's charge); a worker that finds the pod of a dead worker gone writes
+the closed one. The Prefect UI shows it on the GPU stage's Artifacts tab, and it lives in Prefect's
+database (SQLite or PostgreSQL) with the runs it describes. The control tier reads a job's charges to
+put its cost in the result record; ``ow costs`` and budgets read every charge in a window, an open one
+counted up to the time of reading.
 A hold (:class:`~jobs.budgets.BudgetHold`) is the estimate the budget check admitted a job with; it
 counts against budgets while the control flow run that wrote it has not reached a final state
 (:func:`read_holds`), so jobs admitted together cannot each spend the same money.
@@ -17,6 +20,7 @@ import datetime as dt
 import json
 import logging
 import re
+import time
 from collections.abc import Iterable
 from uuid import UUID
 
@@ -63,13 +67,14 @@ def charge_artifact(charge: PodCharge) -> ArtifactCreate:
     """The artifact recording ``charge``: a one-row table, readable in the UI and by :func:`charges_from`."""
     row = {**charge.model_dump(mode="json"), "seconds": round(charge.seconds, 3), "usd": round(charge.usd, 6)}
     price = "unknown price" if charge.price_per_hour is None else f"${charge.price_per_hour:.4g}/h"
+    so_far = " so far (open: the pod may still run)" if charge.is_open else ""
     return ArtifactCreate(
         key=charge_key(charge.pod_id),
         type="table",
         data=json.dumps([row]),
         description=(
             f"RunPod pod {charge.pod_id}: {charge.gpu_count}× {charge.gpu_type_id or 'unknown GPU'} "
-            f"({charge.cloud or '-'}), {price}, {charge.seconds:.0f} s, ${charge.usd:.4f}"
+            f"({charge.cloud or '-'}), {price}, {charge.seconds:.0f} s, ${charge.usd:.4f}{so_far}"
         ),
         flow_run_id=UUID(charge.flow_run_id),
     )
@@ -94,13 +99,16 @@ def read_charges(
     *,
     flow_run_ids: Iterable[UUID | str] | None = None,
     since: dt.datetime | None = None,
+    now: float | None = None,
 ) -> list[PodCharge]:
-    """Every charge in the ledger (or those of the given GPU-stage flow runs; or, with ``since``, those
-    of pods created since then), newest first.
+    """Every pod's charge in the ledger (or those of the given GPU-stage flow runs; or, with ``since``,
+    those of pods created since then), newest first; an open one counts up to ``now`` (Unix time,
+    default: the time of reading).
 
-    ``since`` bounds the read, not only the answer: a charge is written after its pod ended, so no
+    ``since`` bounds the read, not only the answer: a charge is written once its pod exists, so no
     artifact written before ``since`` holds a pod created after it, and paging stops there.
     """
+    now = time.time() if now is None else now
     flow_run_filter = None
     if flow_run_ids is not None:
         ids = [UUID(str(run_id)) for run_id in flow_run_ids]
@@ -108,12 +116,31 @@ def read_charges(
             return []
         flow_run_filter = ArtifactFilterFlowRunId(any_=ids)
     artifacts = _read_newest_first(client, CHARGE_KEY_PREFIX, flow_run_filter, since)
-    # A key is written once per pod; should it be written twice, the newest row wins.
+    # A pod's key is written when it is launched and again when it is gone: the newest row wins.
     newest: dict[str, PodCharge] = {}
     for charge in charges_from(artifacts):
         if since is None or charge.created_at >= since.timestamp():
             newest.setdefault(charge.pod_id, charge)
-    return list(newest.values())
+    return [charge.at(now) for charge in newest.values()]
+
+
+def read_open_charges(
+    client: SyncPrefectClient, *, work_pool: str, since: dt.datetime, now: float | None = None
+) -> list[PodCharge]:
+    """The charges still open of ``work_pool``'s pods created since ``since``, counted up to ``now``."""
+    return [
+        charge
+        for charge in read_charges(client, since=since, now=now)
+        if charge.is_open and charge.work_pool == work_pool
+    ]
+
+
+def still_open(client: SyncPrefectClient, charge: PodCharge) -> bool:
+    """Whether ``charge``'s pod still has an open charge in the ledger: nobody closed it since it was read."""
+    return any(
+        newest.pod_id == charge.pod_id and newest.is_open
+        for newest in read_charges(client, flow_run_ids=[charge.flow_run_id])
+    )
 
 
 def hold_artifact(hold: BudgetHold, control_flow_run_id: UUID | str) -> ArtifactCreate:

@@ -2,10 +2,12 @@
 
 On a ``runpod`` work pool every GPU-stage attempt of the job that got a pod (recoveries included: the
 flow runs tagged ``ow-job:<id>`` on the ``gpu-stage/<type>`` deployment with an infrastructure PID)
-has a charge in the cost ledger (:mod:`tasks.cost_ledger`), written by the worker once that pod is
-gone — up to the pool's ``final_state_grace_seconds`` after the stage reached its final state. So the
-control tier waits, bounded, for each of those pods' charges and sums them
-(:func:`jobs.costs.job_cost`); a pod whose charge never came is named in the cost's note, not guessed.
+has a charge in the cost ledger (:mod:`tasks.cost_ledger`): open from the pod's launch, closed by the
+worker once that pod is gone — up to the pool's ``final_state_grace_seconds`` after the stage reached
+its final state — or, if that worker died, by another worker's sweep. So the control tier waits,
+bounded, for each of those pods' closed charges and sums them (:func:`jobs.costs.job_cost`); a charge
+still open when the wait ends counts its cost so far and the note says the figure is provisional, and a
+pod with no charge at all is counted in the note, not guessed.
 On any other pool (the embedded default's process pool) nothing was rented: :func:`jobs.costs.local_cost`.
 
 The cost goes into the record the gpu-stage task returns (what Prefect caches, so a cache hit shows
@@ -108,9 +110,10 @@ def reckon_job_cost(
             if on_runpod(run.work_pool_name)
         ]
         charges = read_charges(client, flow_run_ids=[run.id for run in attempts])
-        missing = pods_without_charge([run.infrastructure_pid for run in attempts], charges)
+        pod_ids = [run.infrastructure_pid for run in attempts]
+        missing = pods_without_charge(pod_ids, [charge for charge in charges if not charge.is_open])
         if not missing or clock() >= deadline:
-            return job_cost(charges, missing=len(missing))
+            return job_cost(charges, missing=len(pods_without_charge(pod_ids, charges)))
         if missing != waiting_for:
             get_run_logger().info(
                 "waiting for the worker to record what pod(s) %s cost", ", ".join(sorted(missing))

@@ -15,8 +15,9 @@ from tests import runpod_flows
 from tests.fixtures.runpod import deploy_to_pool, pods_of, submit, wait_for_flow_run, wait_for_log
 
 
-def charge_of(flow_run_id, timeout: float = 30):
-    """The one charge recorded for the flow run, once the worker has written it."""
+def charge_of(flow_run_id, timeout: float = 30, *, closed: bool = True):
+    """The one charge recorded for the flow run, once the worker has written it (closed, by default:
+    the charge is written open at launch and closed once the pod is gone)."""
     from prefect.client.orchestration import get_client
 
     from tasks.cost_ledger import read_charges
@@ -25,10 +26,11 @@ def charge_of(flow_run_id, timeout: float = 30):
     with get_client(sync_client=True) as client:
         while True:
             charges = read_charges(client, flow_run_ids=[flow_run_id])
-            if charges or time.monotonic() > deadline:
+            if (charges and not (closed and charges[0].is_open)) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
     assert len(charges) == 1, charges
+    assert not (closed and charges[0].is_open), charges
     return charges[0]
 
 
@@ -47,6 +49,7 @@ def assert_charged_as_emulated(charge, pod, *, seen_gone_within: float):
         pod.price_per_hour * (pod.terminated_at - pod.created_at) / 3600, abs=1e-7
     )  # RunPod's amounts come rounded
     assert charge.usd == charge.billed_usd > 0
+    assert charge.ended_by == "worker"
 
 
 def test_a_completed_runs_pod_is_charged_price_times_its_lifetime(reset_runpod_stack):
@@ -71,6 +74,11 @@ def test_a_pod_that_vanished_is_charged_up_to_when_it_was_seen_gone(reset_runpod
     flow_run_id = submit(deployment, {"seconds": 300})
     wait_for_flow_run(flow_run_id, until=lambda run: run.state.is_running(), timeout=90)
     (pod,) = pods_of(stack.emulator, flow_run_id)
+    # Written open at launch: a worker killed now would still leave the pod in the ledger.
+    so_far = charge_of(flow_run_id, closed=False)
+    assert so_far.is_open and so_far.pod_id == pod.id and so_far.ended_by is None
+    assert so_far.bound_at == pytest.approx(so_far.created_at + 24 * 3600)  # the default TTL
+    assert 0 < so_far.seconds <= time.time() - pod.created_at + 1 and so_far.usd > 0
 
     stack.emulator.vanish(pod.id)
 

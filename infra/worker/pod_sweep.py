@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import anyio
@@ -139,8 +140,12 @@ async def sweep_orphaned_pods(
     work_pool_name: str,
     watched_pod_ids: Collection[str],
     logger: logging.Logger | logging.LoggerAdapter,
+    on_terminated: Callable[[Pod, float], None] | None = None,
 ) -> list[tuple[Pod, SweepDecision]]:
-    """Terminate the pool's unwatched pods that :func:`judge` condemns; return what was done."""
+    """Terminate the pool's unwatched pods that :func:`judge` condemns; return what was done.
+
+    ``on_terminated(pod, at)`` hears of each pod as soon as RunPod accepted its terminate (``at``, Unix
+    time), which is where the pod's charge ends (:mod:`infra.worker.open_charges`)."""
     swept: list[tuple[Pod, SweepDecision]] = []
     pods = await anyio.to_thread.run_sync(runpod_client.list_pods)
     for pod in pods:
@@ -177,6 +182,8 @@ async def sweep_orphaned_pods(
         except RunPodApiError as exc:
             logger.error("Could not terminate orphaned pod %s: %s; will retry at the next sweep", pod.id, exc)
             continue
+        if on_terminated is not None:
+            on_terminated(pod, time.time())
         if decision.crash_message and flow_run_id is not None:
             try:
                 await propose_state(

@@ -30,15 +30,18 @@ It speaks RunPod's REST API v2 (:mod:`infra.runpod.api`). Per flow run the worke
    after the final state replace it; it terminates the pod at once on cancellation, and marks the run
    Crashed if the pod vanishes, stops or fails first, overruns ``max_run_hours``, or never starts the
    run (:mod:`infra.worker.pod_outcome`);
-5. once the pod is gone, whatever the outcome, records what it cost: GPU type and count, cloud, hourly
-   price at launch, seconds from create to gone, and RunPod's billed total where ``GET
-   /v2/billing/pods`` answers (:mod:`infra.worker.pod_charge`), as a table artifact on the flow run
-   (:mod:`tasks.cost_ledger`), from which the control tier sums the job's cost.
+5. records what the pod costs, as a table artifact on the flow run (:mod:`tasks.cost_ledger`), from
+   which the control tier sums the job's cost: open as soon as the pod exists (GPU type and count,
+   cloud, hourly price at launch, creation time and bound), and closed once the pod is gone, whatever
+   the outcome (seconds from create to gone, and RunPod's billed total where ``GET /v2/billing/pods``
+   answers; :mod:`infra.worker.pod_charge`).
 
 On start and every ``OW_RUNPOD_SWEEP_INTERVAL_SECONDS`` (default 60) the worker also terminates the
 pool's pods that no flow run needs any more, or that overran the bounds written on them at launch
 (:mod:`infra.worker.pod_sweep`), in every RunPod account the pool or its deployments use, so a worker
-killed mid-run leaves nothing billing behind once any worker of the pool is running.
+killed mid-run leaves nothing billing behind once any worker of the pool is running; and it closes the
+open charges of the pool's pods that it terminated or found gone with no worker watching them
+(:mod:`infra.worker.open_charges`), so the ledger learns what they cost.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker
 from pydantic import Field
 
 from blocks.runpod import RunPodCredentials
-from infra.bounds import SWEEP_INTERVAL_SECONDS_MAX, parse_bounded_positive
+from infra.bounds import DEFAULT_TTL_HOURS, SWEEP_INTERVAL_SECONDS_MAX, parse_bounded_positive
 from infra.runpod.api import RunPodApiError, RunPodBillingBlocked, RunPodClient
 from infra.runpod.capacity import (
     AWAITING_CAPACITY,
@@ -74,9 +77,10 @@ from infra.runpod.capacity import (
 )
 from infra.runpod.hardware import HardwareOption, parse_allowed_hardware
 from infra.runpod.launch import GpuCatalogue, LaunchedPod, NoGpuAvailable, launch_pod
-from infra.runpod.models import PodSpec
+from infra.runpod.models import Pod, PodSpec
 from infra.runpod.pod_reads import PodListCache
-from infra.worker.pod_charge import describe_charge, pod_charge, pod_created_at
+from infra.worker.open_charges import close_open_charges, read_pod_bill, window_start
+from infra.worker.pod_charge import describe_charge, longest_pod_hours, pod_bound, pod_charge, pod_created_at
 from infra.worker.pod_outcome import (
     FlowRunPhase,
     PodPhase,
@@ -97,6 +101,7 @@ from infra.worker.pod_spec import (
 )
 from infra.worker.pod_sweep import sweep_orphaned_pods
 from infra.worker.pool_settings import RunPodPodSettings
+from jobs.costs import PodCharge
 from tasks.cost_ledger import charge_artifact
 
 if TYPE_CHECKING:
@@ -114,8 +119,6 @@ CATALOG_MAX_AGE_ENV = "OW_RUNPOD_CATALOG_MAX_AGE_SECONDS"
 CANCEL_SETTLE_SECONDS = 20.0
 # How long after the pod goes the worker keeps watching for a crash reported over a final state.
 FINAL_STATE_SETTLE_SECONDS = 5.0
-# How long the worker waits for RunPod's billing record of a gone pod before charging price × time.
-BILLING_READ_SECONDS = 20.0
 EVENT_PREFIX = "ow.runpod"
 
 
@@ -209,6 +212,8 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         self._clients: dict[str, RunPodClient] = {}
         self._pod_lists: dict[RunPodClient, PodListCache] = {}  # one per client, so per account
         self._sweep_scope: anyio.CancelScope | None = None
+        # The longest a pod of the pool may run, as its defaults and deployments bound it (each sweep).
+        self._longest_pod_hours = DEFAULT_TTL_HOURS
 
     async def setup(self) -> None:
         interval = _sweep_interval_seconds()  # a bad setting stops the worker before it takes runs
@@ -243,6 +248,11 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         self._watched_pod_ids.add(launched.pod_id)
         try:
             (task_status or anyio.TASK_STATUS_IGNORED).started(launched.pod_id)
+            # Open at once: should this worker die before the pod ends, whoever finds the pod closes it.
+            await self._write_charge(
+                self._charge_of(flow_run, configuration, launched, created_at=created_at, ended_at=None),
+                logger,
+            )
             return await self._watch_pod(flow_run, configuration, client, launched, created_at, logger)
         finally:
             self._watched_pod_ids.discard(launched.pod_id)
@@ -631,7 +641,13 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
                 )
         # Before the state settles (seconds more): the control tier waits for this to close the job's cost.
         await self._record_charge(
-            flow_run, client, launched, created_at=created_at, ended_at=gone_at or time.time(), logger=logger
+            flow_run,
+            configuration,
+            client,
+            launched,
+            created_at=created_at,
+            ended_at=gone_at or time.time(),
+            logger=logger,
         )
         if verdict is Verdict.FLOW_RUN_FINISHED and final_state is not None and final_state.is_final():
             if final_state.type is StateType.CRASHED and ended_by_ttl(
@@ -670,6 +686,7 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
     async def _record_charge(
         self,
         flow_run: FlowRun,
+        configuration: RunPodJobConfiguration,
         client: RunPodClient,
         launched: LaunchedPod,
         *,
@@ -677,21 +694,27 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         ended_at: float,
         logger: PrefectLogAdapter,
     ) -> None:
-        """Write the gone pod's charge to the cost ledger (an artifact on its flow run), with RunPod's
-        billed figure where its billing endpoint answers. Best effort: never fails the run."""
-        billed = None
-        with anyio.move_on_after(BILLING_READ_SECONDS) as billing_read:
-            try:
-                billed = await anyio.to_thread.run_sync(
-                    client.pod_billing_usd, launched.pod_id, abandon_on_cancel=True
-                )
-            except Exception as exc:  # noqa: BLE001 - price × time stands in for the bill
-                logger.warning(
-                    "Cannot read RunPod's bill for pod %s (%s); charging price × time", launched.pod_id, exc
-                )
-        if billing_read.cancelled_caught:
-            logger.warning("RunPod's bill for pod %s did not come; charging price × time", launched.pod_id)
-        charge = pod_charge(
+        """Write the gone pod's closed charge to the cost ledger (an artifact on its flow run), with
+        RunPod's billed figure where its billing endpoint answers. Best effort: never fails the run."""
+        billed = await read_pod_bill(client, launched.pod_id, logger)
+        charge = self._charge_of(
+            flow_run, configuration, launched, created_at=created_at, ended_at=ended_at, billed_usd=billed
+        )
+        logger.info("%s", describe_charge(charge))
+        await self._write_charge(charge, logger)
+
+    def _charge_of(
+        self,
+        flow_run: FlowRun,
+        configuration: RunPodJobConfiguration,
+        launched: LaunchedPod,
+        *,
+        created_at: float,
+        ended_at: float | None,
+        billed_usd: float | None = None,
+    ) -> PodCharge:
+        """The charge of the pod launched for ``flow_run``: open while ``ended_at`` is None."""
+        return pod_charge(
             pod_id=launched.pod_id,
             flow_run_id=str(flow_run.id),
             tags=flow_run.tags or [],
@@ -700,13 +723,18 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             candidate=launched.candidate,
             created_at=created_at,
             ended_at=ended_at,
-            billed_usd=billed,
+            billed_usd=billed_usd,
+            bound_at=pod_bound(
+                created_at, max_run_hours=configuration.max_run_hours, ttl_hours=configuration.ttl_hours
+            ),
         )
-        logger.info("%s", describe_charge(charge))
+
+    async def _write_charge(self, charge: PodCharge, logger: PrefectLogAdapter) -> None:
+        """Put ``charge`` in the cost ledger; a failure is logged, never raised."""
         try:
             await self.client.create_artifact(charge_artifact(charge))
         except Exception as exc:  # noqa: BLE001 - the run's outcome matters more than its bill
-            logger.warning("Could not record the cost of pod %s in Prefect (%s)", launched.pod_id, exc)
+            logger.warning("Could not record the cost of pod %s in Prefect (%s)", charge.pod_id, exc)
 
     # -- orphan sweep --------------------------------------------------------------------------------
 
@@ -722,7 +750,8 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
 
     async def _accounts_of_pool(self) -> None:
         """Register every RunPod account the pool uses: its default credentials and each of its
-        deployments' ``runpod_credentials`` override, so a restarted worker sweeps them all."""
+        deployments' ``runpod_credentials`` override, so a restarted worker sweeps them all; and note
+        the longest a pod of the pool may run, which bounds the search for open charges."""
         value_sets: list[dict[str, Any]] = [{}]
         try:
             deployments = await self.client.read_deployments(
@@ -733,6 +762,9 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
                 for d in deployments
                 if (d.job_variables or {}).get("runpod_credentials")
             ]
+            self._longest_pod_hours = longest_pod_hours(
+                self.work_pool.base_job_template, [d.job_variables or {} for d in deployments]
+            )
         except Exception as exc:  # noqa: BLE001 - still sweep the accounts already known
             self._logger.warning("Cannot read the work pool's deployments: %s", exc)
         for values in value_sets:
@@ -747,9 +779,15 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
                 self._client_for(configuration.runpod_credentials)
 
     async def _sweep_orphaned_pods(self) -> None:
-        """Sweep every RunPod account this worker's pool uses."""
+        """Sweep every RunPod account this worker's pool uses, then close the open charges of the pods
+        it terminated or found gone with nobody watching them."""
         await self._accounts_of_pool()
+        terminated: dict[str, tuple[RunPodClient, float]] = {}
         for client in list(self._clients.values()):
+
+            def note_terminated(pod: Pod, at: float, client: RunPodClient = client) -> None:
+                terminated[pod.id] = (client, at)
+
             try:
                 await sweep_orphaned_pods(
                     runpod_client=client,
@@ -757,9 +795,24 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
                     work_pool_name=self._work_pool_name,
                     watched_pod_ids=set(self._watched_pod_ids),
                     logger=self._logger,
+                    on_terminated=note_terminated,
                 )
             except Exception as exc:  # noqa: BLE001 - a failed sweep must not stop the worker
                 self._logger.warning("Orphaned-pod sweep failed (%s); it runs again later", exc)
+        try:
+            await close_open_charges(
+                prefect_client=self.client,
+                pod_lists=dict(self._pod_lists),
+                work_pool_name=self._work_pool_name,
+                watched_pod_ids=set(self._watched_pod_ids),
+                terminated=terminated,
+                since=window_start(self._longest_pod_hours),
+                logger=self._logger,
+            )
+        except Exception as exc:  # noqa: BLE001 - the charges stay open until a later sweep
+            self._logger.warning(
+                "Closing the open charges of unwatched pods failed (%s); tried again later", exc
+            )
 
 
 def _sweep_interval_seconds() -> float:

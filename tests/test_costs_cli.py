@@ -293,3 +293,43 @@ def _client():
     from client import OpenWeights
 
     return OpenWeights()
+
+
+def test_jobs_submitted_together_are_admitted_only_as_far_as_the_budget_goes(billed_project, tiny_model_dir):
+    """A sweep submitted at once: each job holds its estimate from admission until it ends, and
+    admissions are one at a time, so three $0.40 jobs against $1.00 left start two pods, not three."""
+    from prefect.variables import Variable
+
+    stack, emulator = billed_project.stack, billed_project.emulator
+    ow = _client()
+    Variable.set("ow_budgets", [{"name": "sweep-day", "period": "day", "usd": 1_000_000}], overwrite=True)
+    [status] = ow.costs.budgets()
+    spent_today = status.spent + status.held  # what earlier tests of the module left on today's books
+    Variable.set("ow_budgets", [{"name": "sweep-day", "period": "day", "usd": round(spent_today + 1.0, 6)}], overwrite=True)
+    pods_before = len(emulator.all_pods)
+
+    params = {"model": str(tiny_model_dir), "training_file": billed_project.training_file, **FAST_SFT, "epochs": 6}
+    jobs = [ow.fine_tuning.create(**params, seed=5100 + index, max_cost_usd=0.4) for index in range(3)]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # while the admitted ones run, `ow budgets` shows what they hold
+        listed = run_ow("budgets")
+        row = next((line.split() for line in listed.stdout.splitlines() if line.startswith("sweep-day")), None)
+        if row and float(row[6]) > 0:
+            assert float(row[6]) == pytest.approx(0.8, abs=0.05), listed.stdout
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError("no job was seen holding its estimate")
+
+    finished = [job.wait(timeout=900) for job in jobs]
+    statuses = sorted(job.status for job in finished)
+    assert statuses == ["completed", "completed", "failed"], [(job.id, job.status) for job in finished]
+    [refused] = [job for job in finished if job.status == "failed"]
+    [control] = [run for run in refused.flow_runs if not run.name.startswith("ftjob")]
+    message = control.state.message or ""
+    assert "refused by budget 'sweep-day'" in message and "held by jobs still running" in message, message
+    assert stack.gpu_stage_runs(refused.id) == []
+    assert len(emulator.all_pods) == pods_before + 2
+    # Once they ended, they hold nothing: their pods' charges count instead.
+    [after] = ow.costs.budgets()
+    assert after.held == 0 and after.spent > status.spent

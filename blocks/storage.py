@@ -1,4 +1,4 @@
-"""The artifact-store block: where every artifact lives, configured once on the Prefect server.
+"""The artifact store's configuration: which block, how to load it, what it may hand Prefect.
 
 One block document (default name ``default``, overridable with ``OW_STORE_BLOCK``) tells every
 flow run, on any machine or pod, where to read inputs and write outputs. The same block is
@@ -28,16 +28,17 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger
-from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.exceptions import MissingContextError
-from prefect.filesystems import WritableFileSystem
-from prefect_aws import AwsCredentials
-from pydantic import Field, SecretStr, field_validator, model_validator
 
 from store.artifact_store import ArtifactStore
+
+if TYPE_CHECKING:
+    from blocks.artifact_store_block import ArtifactStoreBlock
+
+STORE_BLOCK_TYPE_SLUG = "ow-artifact-store"
 
 DEFAULT_BLOCK_NAME = "default"
 RESULTS_PREFIX = "prefect-results"
@@ -56,107 +57,6 @@ def ow_home() -> Path:
 
 def default_local_store_url() -> str:
     return str(ow_home() / "store")
-
-
-class ArtifactStoreBlock(WritableFileSystem):
-    """Where datasets, adapters, outputs, eval logs and cached job results are stored."""
-
-    _block_type_name = "OW Artifact Store"
-    _block_type_slug = "ow-artifact-store"
-    _description = "A local directory or an S3-compatible bucket (AWS, MinIO, R2, …) holding every artifact of ow-prefect jobs."
-
-    base_url: str = Field(
-        default_factory=default_local_store_url,
-        description="Local directory (absolute path) or s3://bucket/prefix.",
-    )
-    endpoint_url: str | None = Field(
-        default=None,
-        description="S3 endpoint URL for non-AWS stores (MinIO, R2, …); empty for AWS.",
-    )
-    region_name: str | None = Field(default=None, description="S3 region, if the store needs one.")
-    aws_access_key_id: SecretStr | None = Field(default=None, description="S3 access key ID.")
-    aws_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret access key.")
-    aws_credentials: AwsCredentials | None = Field(
-        default=None,
-        description="A prefect-aws AwsCredentials block holding the S3 keys (and, in its client parameters, the "
-        "endpoint URL of MinIO, R2, …). Use it instead of the key fields above.",
-    )
-
-    @model_validator(mode="after")
-    def _one_kind_of_credentials(self) -> ArtifactStoreBlock:
-        if self.aws_credentials is not None:
-            own = [
-                name
-                for name in ("aws_access_key_id", "aws_secret_access_key")
-                if getattr(self, name) is not None
-            ]
-            if own:
-                raise ValueError(
-                    f"aws_credentials: set either an AwsCredentials block or {' and '.join(own)}, not both"
-                )
-        return self
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, value: str) -> str:
-        if "://" in value and not value.startswith(("s3://", "file://")):
-            raise ValueError(f"base_url must be a local directory or s3://bucket/prefix, got {value!r}")
-        if "://" not in value and not os.path.isabs(os.path.expanduser(value)):
-            raise ValueError(f"base_url must be an absolute local path, got {value!r}")
-        return value
-
-    def storage_options(self) -> dict[str, Any]:
-        """fsspec options (credentials included): pass to s3fs, never log."""
-        if not self.base_url.startswith("s3://"):
-            return {}
-        options: dict[str, Any] = {}
-        client_kwargs: dict[str, Any] = {}
-        credentials = self.aws_credentials
-        if credentials is not None:
-            for option, secret in (
-                ("key", credentials.aws_access_key_id),
-                ("secret", credentials.aws_secret_access_key),
-                ("token", credentials.aws_session_token),
-            ):
-                if secret is not None:
-                    options[option] = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
-            if credentials.profile_name:
-                options["profile"] = credentials.profile_name
-            if credentials.region_name:
-                client_kwargs["region_name"] = credentials.region_name
-            if credentials.aws_client_parameters.endpoint_url:
-                client_kwargs["endpoint_url"] = credentials.aws_client_parameters.endpoint_url
-        if self.aws_access_key_id is not None:
-            options["key"] = self.aws_access_key_id.get_secret_value()
-        if self.aws_secret_access_key is not None:
-            options["secret"] = self.aws_secret_access_key.get_secret_value()
-        if self.endpoint_url:  # the store's own endpoint and region win over the credentials block's
-            client_kwargs["endpoint_url"] = self.endpoint_url
-        if self.region_name:
-            client_kwargs["region_name"] = self.region_name
-        if client_kwargs:
-            options["client_kwargs"] = client_kwargs
-        return options
-
-    def artifact_store(self) -> ArtifactStore:
-        return ArtifactStore(self.base_url, self.storage_options())
-
-    # Prefect result storage: results go under prefect-results/ in the same store. Prefect calls
-    # these with _sync=True from sync engines, hence the async_dispatch pairs (as its own blocks do).
-    async def aread_path(self, path: str) -> bytes:
-        return self.read_path(path, _sync=True)
-
-    @async_dispatch(aread_path)
-    def read_path(self, path: str) -> bytes:
-        key = f"{RESULTS_PREFIX}/{path}"
-        return check_json_result_record(self.artifact_store().read_bytes(key), key)
-
-    async def awrite_path(self, path: str, content: bytes) -> str:
-        return self.write_path(path, content, _sync=True)
-
-    @async_dispatch(awrite_path)
-    def write_path(self, path: str, content: bytes) -> str:
-        return self.artifact_store().write_bytes(f"{RESULTS_PREFIX}/{path}", content)
 
 
 class UnsafeResultRecordError(ValueError):
@@ -242,6 +142,41 @@ def store_block_name() -> str:
     return os.environ.get(STORE_BLOCK_ENV) or DEFAULT_BLOCK_NAME
 
 
+def s3_storage_options(
+    base_url: str,
+    *,
+    key: str | None = None,
+    secret: str | None = None,
+    token: str | None = None,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+    region_name: str | None = None,
+) -> dict[str, Any]:
+    """s3fs options for a store at ``base_url`` (credentials included: never log them); none for a local one."""
+    if not base_url.startswith("s3://"):
+        return {}
+    options: dict[str, Any] = {
+        name: value
+        for name, value in (("key", key), ("secret", secret), ("token", token), ("profile", profile))
+        if value
+    }
+    client_kwargs = {
+        name: value for name, value in (("endpoint_url", endpoint_url), ("region_name", region_name)) if value
+    }
+    if client_kwargs:
+        options["client_kwargs"] = client_kwargs
+    return options
+
+
+def __getattr__(name: str) -> Any:
+    # ``from blocks.storage import ArtifactStoreBlock`` keeps working; prefect-aws loads only then.
+    if name == "ArtifactStoreBlock":
+        from blocks.artifact_store_block import ArtifactStoreBlock
+
+        return ArtifactStoreBlock
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def load_store_block(name: str | None = None, create_default: bool = True) -> ArtifactStoreBlock:
     """The store block ``name`` (default: ``$OW_STORE_BLOCK`` or ``default``).
 
@@ -249,13 +184,17 @@ def load_store_block(name: str | None = None, create_default: bool = True) -> Ar
     not exist: a fresh Prefect server works without a setup step, and a saved block (rather than
     an unsaved instance) is what Prefect can reference as result storage.
     """
+    from blocks.artifact_store_block import ArtifactStoreBlock
+
     explicit = name is not None
     name = name or store_block_name()
     try:
         return ArtifactStoreBlock.load(name)
     except ValueError:
         if explicit or not create_default:
-            raise ValueError(f"no ow-artifact-store block named {name!r} on the Prefect server") from None
+            raise ValueError(
+                f"no {STORE_BLOCK_TYPE_SLUG} block named {name!r} on the Prefect server"
+            ) from None
         try:
             ArtifactStoreBlock().save(name, overwrite=False)
         except ValueError:
@@ -263,6 +202,33 @@ def load_store_block(name: str | None = None, create_default: bool = True) -> Ar
         return ArtifactStoreBlock.load(name)
 
 
-def load_artifact_store() -> ArtifactStore:
-    """The artifact store every flow and the CLI use."""
-    return load_store_block().artifact_store()
+def load_artifact_store(name: str | None = None) -> ArtifactStore:
+    """The artifact store every flow and the CLI use (block ``name``, as :func:`load_store_block`).
+
+    A store whose block references no ``AwsCredentials`` block is built from the block document's
+    fields as they are, without the block class: that spares ``ow`` importing prefect-aws. Any other
+    (a credentials block to resolve, or no block yet) goes through :func:`load_store_block`.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            document = client.read_block_document_by_name(
+                name or store_block_name(), block_type_slug=STORE_BLOCK_TYPE_SLUG, include_secrets=True
+            )
+    except ObjectNotFound:
+        return load_store_block(name).artifact_store()
+    fields = document.data
+    if fields.get("aws_credentials") or "base_url" not in fields:
+        return load_store_block(name).artifact_store()
+    return ArtifactStore(
+        fields["base_url"],
+        s3_storage_options(
+            fields["base_url"],
+            key=fields.get("aws_access_key_id"),
+            secret=fields.get("aws_secret_access_key"),
+            endpoint_url=fields.get("endpoint_url"),
+            region_name=fields.get("region_name"),
+        ),
+    )

@@ -166,9 +166,9 @@ class _StoreOnFirstUse:
 
     def __getattr__(self, name: str):
         if self._loaded is None:
-            from blocks.storage import load_store_block
+            from blocks.storage import load_artifact_store
 
-            self._loaded = load_store_block(self._block).artifact_store()
+            self._loaded = load_artifact_store(self._block)
         return getattr(self._loaded, name)
 
 

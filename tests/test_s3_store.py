@@ -112,7 +112,7 @@ def test_the_store_takes_its_keys_from_a_prefect_aws_credentials_block_and_follo
     from prefect.client.orchestration import get_client
     from prefect_aws import AwsClientParameters, AwsCredentials
 
-    from blocks.storage import load_store_block
+    from blocks.storage import load_artifact_store, load_store_block
 
     AwsCredentials(
         aws_access_key_id=s3_server.access_key,
@@ -128,6 +128,7 @@ def test_the_store_takes_its_keys_from_a_prefect_aws_credentials_block_and_follo
     store.write_json("jobs/y/result.json", {"ok": True})
     assert "aws-credentials-block/jobs/y/result.json" in s3_server.keys("aws-credentials-block/")
     assert store.read_json("jobs/y/result.json") == {"ok": True}
+    assert load_artifact_store("s3-with-aws-credentials").read_json("jobs/y/result.json") == {"ok": True}  # as ow reads it
 
     with get_client(sync_client=True) as client:  # what the server keeps for the store block: a reference
         document = client.read_block_document_by_name("s3-with-aws-credentials", "ow-artifact-store")
@@ -150,3 +151,15 @@ def test_a_store_block_with_both_kinds_of_credentials_is_refused_naming_the_fiel
             aws_access_key_id="key",
             aws_credentials=AwsCredentials(aws_access_key_id="other"),
         )
+
+
+def test_ow_reads_a_store_block_with_its_own_keys_as_the_block_would(prefect_server, s3_server, s3_block):
+    """``ow`` builds such a store from the saved block document, without the block class (and prefect-aws):
+    the same bucket, prefix, keys and endpoint."""
+    from blocks.storage import load_artifact_store
+
+    s3_block.save("s3-with-own-keys", overwrite=True)
+    s3_block.artifact_store().write_json("jobs/z/result.json", {"ok": True})
+    store = load_artifact_store("s3-with-own-keys")
+    assert store.read_json("jobs/z/result.json") == {"ok": True}
+    assert store.write_json("jobs/z/more.json", {}) == f"{s3_block.base_url}/jobs/z/more.json"

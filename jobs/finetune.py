@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from jobs.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
 from jobs.datasets import WEIGHTED_CONVERSATIONS
 from jobs.file_ids import FileId
 from jobs.hardware import AllowedHardware, ContainerImage, HardwareRequest, RequiredVramGb
@@ -95,7 +96,7 @@ class TrainingConfig(HardwareRequest):
     )
 
     # Tokenizer
-    chat_template: str = Field("default", description="Jinja chat template overriding the tokenizer's ('default' keeps it).")
+    chat_template: ChatTemplate = DEFAULT_CHAT_TEMPLATE
 
     # Output naming
     finetuned_model_id: str = Field(

@@ -23,6 +23,7 @@ import re
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from jobs.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
 from jobs.file_ids import FileId, parse_file_id
 from jobs.hardware import AllowedHardware, ContainerImage, HardwareRequest, RequiredVramGb
 from jobs.identity import JobIdSuffix
@@ -83,6 +84,7 @@ class InferenceConfig(HardwareRequest):
         description="Text placed at the start of the assistant's answer; the model continues it. Chat rows only; "
         "a row whose last message is from the assistant is continued from that message instead.",
     )
+    chat_template: ChatTemplate = DEFAULT_CHAT_TEMPLATE
     min_tokens: int = Field(
         1, ge=0, description="Minimum number of tokens generated before the end-of-sequence token is allowed."
     )

@@ -163,6 +163,47 @@ def test_a_lora_adapter_changes_the_greedy_completions(tiny_model_dir, tiny_lora
     assert tuned_completions != base_completions
 
 
+ECHO_TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {{ m['content'] }}\n{% endfor %}[assistant]"
+
+
+def test_a_chat_template_given_with_the_job_renders_its_chat_rows(tiny_model_dir, generator, prompts_path, tmp_path):
+    """``chat_template`` replaces the model's for chat rows (text rows have none): the prompts the model
+    sees are the job's template's, token for token."""
+    from compute.generation.prompts import encode_row
+    from compute.generation.rows import read_prompt_rows
+
+    model = ResolvedModel(str(tiny_model_dir))
+    default = run_inference(config(), model, prompts_path, tmp_path / "default.jsonl", backend=CPU)
+    echoed = run_inference(config(chat_template=ECHO_TEMPLATE), model, prompts_path, tmp_path / "echo.jsonl", backend=CPU)
+
+    rows = list(read_prompt_rows(prompts_path))
+    tokenizer = generator.tokenizer
+    assert default.prompt_tokens == sum(len(encode_row(tokenizer, row)) for row in rows)
+    original = tokenizer.chat_template
+    try:
+        tokenizer.chat_template = ECHO_TEMPLATE
+        assert echoed.prompt_tokens == sum(len(encode_row(tokenizer, row)) for row in rows)
+    finally:
+        tokenizer.chat_template = original
+    assert echoed.prompt_tokens > default.prompt_tokens  # every chat message is there twice
+
+
+@pytest.mark.parametrize("job", ["inference", "finetune"])
+def test_a_chat_template_jinja_cannot_parse_is_refused_naming_the_field_and_line(job):
+    from pydantic import ValidationError
+
+    from jobs.finetune import TrainingConfig
+
+    broken = "{% for m in messages %}\n{{ m['content'] }\n{% endfor %}"
+    with pytest.raises(ValidationError) as refused:
+        if job == "inference":
+            config(chat_template=broken)
+        else:
+            TrainingConfig(model="./tiny", training_file=INPUT_FILE, chat_template=broken)
+    [error] = refused.value.errors()
+    assert error["loc"] == ("chat_template",) and "not a Jinja template" in error["msg"] and "line 2" in error["msg"]
+
+
 def test_a_malformed_row_fails_before_any_model_is_loaded(tmp_path):
     path = write_lines(tmp_path / "bad.jsonl", [json.dumps({"text": "ok"}), json.dumps({"text": "ok"}), '{"messages": 5}'])
     with pytest.raises(DatasetError, match=r"bad.jsonl, line 3: 'messages' must be a non-empty list"):

@@ -39,6 +39,7 @@ from compute.generation.prompts import ChatTemplateMissingError, encode_row
 from compute.generation.rows import PromptRow, batched, read_prompt_rows, validate_prompt_file
 from compute.generation.sampling import SamplingSettings
 from compute.row_journal import RowJournal
+from jobs.chat_template import chosen_chat_template
 from jobs.datasets import DatasetError
 from jobs.inference import InferenceConfig
 from jobs.model_refs import ResolvedModel
@@ -105,6 +106,8 @@ def run_inference(
         load_format=config.load_format,
         seed=config.seed,
     )
+    if template := chosen_chat_template(config.chat_template):
+        generator.tokenizer.chat_template = template  # chat rows are rendered with it (compute.generation.prompts)
     return generate_file(
         generator,
         input_path,

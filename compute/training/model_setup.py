@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compute.backend import BackendChoice
+from jobs.chat_template import chosen_chat_template
 from jobs.finetune import TrainingConfig
 from jobs.model_refs import ResolvedModel
 
@@ -131,8 +132,8 @@ def load_tokenizer(config: TrainingConfig, resolved: ResolvedModel, fallback=Non
         if fallback is None:
             raise
         tokenizer = fallback
-    if config.chat_template != "default":
-        tokenizer.chat_template = config.chat_template
+    if template := chosen_chat_template(config.chat_template):
+        tokenizer.chat_template = template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -131,3 +131,35 @@ def test_files_get_by_id_and_the_preferences_purpose(ow, conversations_path, tmp
     uploaded_by_cli = run_ow("files", "upload", str(path), "--purpose", "preferences")
     assert uploaded_by_cli.returncode == 0, uploaded_by_cli.stderr
     assert uploaded_by_cli.stdout.splitlines()[-1] == as_alias["id"]
+
+
+def test_inference_takes_a_chat_template_and_a_broken_one_is_refused_before_any_run(ow, tiny_model_dir, tmp_path):
+    """``ow.inference.create(chat_template=…)``: the job's chat rows are rendered with it, and a template
+    Jinja cannot parse is refused at submission, naming the field."""
+    from compute.sample_datasets import conversations_rows, write_jsonl
+    from jobs.validation import InvalidJobError
+
+    prompts = [{"messages": row["messages"][:1]} for row in conversations_rows(3)]
+    file_id = ow.files.upload(write_jsonl(tmp_path / "prompts.jsonl", prompts), purpose="conversations")["id"]
+    params = {"model": str(tiny_model_dir), "input_file": file_id, "max_tokens": 2, "temperature": 0}
+    twice = "{% for m in messages %}{{ m['content'] }} {{ m['content'] }}\n{% endfor %}Answer:"
+    default, templated = (
+        ow.inference.create(**params).wait(timeout=600),
+        ow.inference.create(**params, chat_template=twice).wait(timeout=600),
+    )
+    assert (default.status, templated.status) == (COMPLETED, COMPLETED)
+    assert templated.id != default.id and templated.params["chat_template"] == twice
+    # The prompts the model saw are the template's, token for token.
+    from transformers import AutoTokenizer
+
+    from compute.generation.prompts import encode_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    assert default.metrics["prompt_tokens"] == sum(len(encode_chat(tokenizer, row["messages"])) for row in prompts)
+    tokenizer.chat_template = twice
+    assert templated.metrics["prompt_tokens"] == sum(len(encode_chat(tokenizer, row["messages"])) for row in prompts)
+    assert templated.metrics["prompt_tokens"] != default.metrics["prompt_tokens"]
+
+    with pytest.raises(InvalidJobError, match="chat_template") as refused:
+        ow.inference.create(**params, chat_template="{% for m in messages %}{{ m }")
+    assert "not a Jinja template" in str(refused.value)

@@ -44,6 +44,7 @@ def test_openweights_quickstart_runs_with_only_the_import_and_model_changed(ow_s
         ("logprobs.py", '"logprob"'),
         ("multiple_choice.py", "accuracy:"),
         ("weighted_sft.py", "completed"),
+        ("mmlu_pro.py", "accuracy:"),
     ],
 )
 def test_every_example_runs(ow_stack, script, expected):
@@ -55,7 +56,7 @@ def test_every_example_runs(ow_stack, script, expected):
 def test_examples_folder_has_no_example_left_untested():
     tested = {"quickstart.py", "inference.py", "api_deployment.py", "inspect_eval.py", "custom_job/run.py"}
     tested |= {"logprobs.py", "multiple_choice.py"}
-    tested |= {"weighted_sft.py"}
+    tested |= {"weighted_sft.py", "mmlu_pro.py"}
     scripts = {p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.py")}
     helpers = {"tiny_model.py", "custom_job/word_count.py"}
     assert scripts - helpers == tested

@@ -9,6 +9,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelling
 
+from tests.fixtures.jobs import assert_trained_once, submit_at_once
 from tests.model_loss import mean_response_loss, read_rows
 
 
@@ -84,14 +85,7 @@ def test_changed_parameter_is_a_new_job(ow_stack, trained, sft_params):
 
 
 def test_concurrent_identical_submissions_train_once(ow_stack, sft_params):
-    params = sft_params(seed=11)
-    runs = [ow_stack.submit("finetune/sft", params) for _ in range(2)]
-    finished = [ow_stack.wait(run.id) for run in runs]
-    assert all(run.state.type == StateType.COMPLETED for run in finished), [r.state.message for r in finished]
-    job_ids = {ow_stack.job_id_of(run) for run in finished}
-    assert len(job_ids) == 1
-    stages = ow_stack.gpu_stage_runs(job_ids.pop())
-    assert len(stages) == 1 and stages[0].state.type == StateType.COMPLETED
+    assert_trained_once(ow_stack, submit_at_once(ow_stack, sft_params(seed=11)))
 
 
 def test_resubmission_after_a_failure_trains_again(ow_stack, sft_params):

@@ -23,7 +23,7 @@ from prefect.states import Cancelling, Running
 
 from infra.local import stack as local_stack
 from tests import runpod_flows
-from tests.fixtures.jobs import FAST_SFT
+from tests.fixtures.jobs import FAST_SFT, assert_trained_once, submit_at_once
 from tests.fixtures.production import ProductionStack
 from tests.fixtures.runpod import (
     create_runpod_pool,
@@ -51,8 +51,7 @@ def sft_params(production_stack: ProductionStack, tiny_model_dir: Path, conversa
 @pytest.fixture(scope="module")
 def submitted_twice(production_stack: ProductionStack, sft_params):
     """One fine-tuning job submitted twice at once, both waited for: the two control runs."""
-    runs = [production_stack.submit("finetune/sft", sft_params()) for _ in range(2)]
-    return [production_stack.wait(run.id, timeout=600) for run in runs]
+    return submit_at_once(production_stack, sft_params(), timeout=600)
 
 
 def test_the_server_runs_on_postgresql_and_redis_with_two_api_processes(production_stack: ProductionStack):
@@ -67,12 +66,7 @@ def test_the_server_runs_on_postgresql_and_redis_with_two_api_processes(producti
 def test_identical_submissions_at_once_train_once_and_store_the_result(production_stack, submitted_twice):
     stack = production_stack
 
-    assert all(run.state.type == StateType.COMPLETED for run in submitted_twice), [
-        run.state.message for run in submitted_twice
-    ]
-    [job_id] = {stack.job_id_of(run) for run in submitted_twice}
-    [stage] = stack.gpu_stage_runs(job_id)
-    assert stage.state.type == StateType.COMPLETED
+    job_id = assert_trained_once(stack, submitted_twice)  # as on the embedded default (test_finetune_flow)
     record = stack.store.read_json(f"jobs/{job_id}/result.json")
     assert record["metrics"]["final_loss"] is not None
     assert stack.store.exists(f"jobs/{job_id}/adapter/adapter_config.json")

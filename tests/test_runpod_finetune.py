@@ -8,69 +8,25 @@ inside an emulated pod; resubmitting the identical job is a cache hit that start
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from prefect.client.schemas.objects import StateType
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import BaseModel, Field
 
 from infra.local import stack as local_stack
 from tests.fixtures.jobs import FAST_SFT
-from tests.fixtures.runpod import create_runpod_pool, make_emulator, pods_of, start_worker_process
+from tests.fixtures.runpod import RunPodProject, pods_of, runpod_project_stack
 from tests.fixtures.runpod_emulator import RunPodEmulator
 from tests.fixtures.stack import Stack
 
 
-@dataclass
-class RunPodProject:
-    stack: Stack
-    emulator: RunPodEmulator
-    training_file: str
-
-
 @pytest.fixture(scope="module")
 def runpod_project(prefect_server, conversations_path: Path, tmp_path_factory) -> Iterator[RunPodProject]:
-    root = tmp_path_factory.mktemp("runpod-project")
-    port = local_stack.free_port()
-    url = local_stack.api_url(port)
-    server = local_stack.start_server(root / "prefect-server", port, root / "logs" / "server.log", ui=False)
-    saved_env = dict(os.environ)
-    started = [server]
-    try:
-        local_stack.wait_healthy(url, timeout=120, process=server)
-        os.environ.update({"PREFECT_API_URL": url, "OW_HOME": str(root / "ow")})
-        with temporary_settings(updates={PREFECT_API_URL: url}), make_emulator(root) as emulator:
-            from blocks.storage import load_store_block
-
-            load_store_block()  # this server's default store: a fresh directory, so no earlier cache
-            create_runpod_pool(
-                emulator,
-                name=local_stack.GPU_POOL,
-                env={"OW_TTL_CHECK_SECONDS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
-            )
-            local_stack.ensure_process_pool(local_stack.CONTROL_POOL)
-            env = local_stack.worker_env()
-            started.append(
-                local_stack.start_worker(
-                    local_stack.CONTROL_POOL, "process", root / "logs" / "control.log", env=env
-                )
-            )
-            gpu_worker = start_worker_process(local_stack.GPU_POOL, root / "logs")
-            started.append(gpu_worker.process)
-            local_stack.deploy_project(env=env)
-            stack = Stack(api_url=url, home=root / "ow")
-            training_file = stack.upload(conversations_path, "conversations")
-            yield RunPodProject(stack=stack, emulator=emulator, training_file=training_file)
-    finally:
-        for process in reversed(started):
-            local_stack.stop_process(process.pid)
-        os.environ.clear()
-        os.environ.update(saved_env)
+    with runpod_project_stack(tmp_path_factory.mktemp("runpod-project"), conversations_path) as project:
+        yield project
 
 
 def test_finetune_from_prefect_yaml_trains_in_a_runpod_pod_and_a_duplicate_starts_no_pod(

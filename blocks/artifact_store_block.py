@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.filesystems import WritableFileSystem
 from prefect_aws import AwsCredentials
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -101,23 +100,21 @@ class ArtifactStoreBlock(WritableFileSystem):
     def artifact_store(self) -> ArtifactStore:
         return ArtifactStore(self.base_url, self.storage_options())
 
-    # Prefect result storage: results go under prefect-results/ in the same store. Prefect calls
-    # these with _sync=True from sync engines, hence the async_dispatch pairs (as its own blocks do).
+    # Prefect result storage: results go under prefect-results/ in the same store. Prefect's async
+    # engines call the a-methods; its sync engines call read_path/write_path with ``_sync=True``,
+    # which these plain methods accept and need not act on.
     async def aread_path(self, path: str) -> bytes:
-        return self.read_path(path, _sync=True)
+        return self.read_path(path)
 
-    @async_dispatch(aread_path)
-    def read_path(self, path: str) -> bytes:
+    def read_path(self, path: str, _sync: bool = True) -> bytes:
         key = f"{RESULTS_PREFIX}/{path}"
         return check_json_result_record(self.artifact_store().read_bytes(key), key)
 
     async def awrite_path(self, path: str, content: bytes) -> str:
-        return self.write_path(path, content, _sync=True)
+        return self.write_path(path, content)
 
-    @async_dispatch(awrite_path)
-    def write_path(self, path: str, content: bytes) -> str:
+    def write_path(self, path: str, content: bytes, _sync: bool = True) -> str:
         return self.artifact_store().write_bytes(f"{RESULTS_PREFIX}/{path}", content)
-
 
 def _secret(value: SecretStr | str | None) -> str | None:
     return value.get_secret_value() if isinstance(value, SecretStr) else value

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
+from prefect.results import ResultRecord, ResultRecordMetadata
 from prefect.serializers import CompressedSerializer, JSONSerializer, PickleSerializer
 
 from blocks.storage import (

@@ -21,8 +21,11 @@ export DO_NOT_TRACK ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 # Test processes (pytest-xdist, one file per process): each runs its own Prefect server and workers,
-# and much of an end-to-end test is waiting on them, so two overlap well even on two cores.
+# and much of an end-to-end test is waiting on them, so two overlap well even on two cores. Files start
+# longest first (tests/fixtures/scheduling.py), an order xdist keeps with --no-loadscope-reorder.
 TEST_WORKERS ?= 2
+# More pytest options, e.g. PYTEST_ARGS=--record-module-seconds to re-time the modules after a run.
+PYTEST_ARGS ?=
 
 .PHONY: help install demo start test stop lint lock clean
 
@@ -52,7 +55,7 @@ start: install
 	$(BIN)/python scripts/services.py start
 
 test: install browser
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # tests/test_browser.py opens the Prefect UI in Debian's headless Chromium, driven through its
 # chromedriver (no browser download). Installed once where it is missing and apt-get can (as root).

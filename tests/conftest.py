@@ -27,6 +27,10 @@ os.environ.update(
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+        # A SQLite server answers 503 when a write loses a lock race (SQLITE_BUSY_SNAPSHOT), and Prefect's
+        # client retries; on two cores busy with both test processes' servers, workers and pods, five
+        # retries have run out (a deployment apply in CI). Ten back off for minutes before giving up.
+        "PREFECT_CLIENT_MAX_RETRIES": "10",
         # Nothing a test runs may read or write the real user's dot-files (Prefect profiles above all).
         "HOME": str(SESSION_HOME / "home"),
         "OW_PREFECT_PROFILES_PATH": str(SESSION_HOME / "home" / ".prefect" / "profiles.toml"),
@@ -42,4 +46,5 @@ pytest_plugins = [
     "tests.fixtures.jobs",
     "tests.fixtures.runpod",
     "tests.fixtures.production",
+    "tests.fixtures.scheduling",
 ]

@@ -153,8 +153,10 @@ class PrefectReporter:
         self._sender = ReportSender(self.logger)
         self._progress_id = None
         self._loss_curve_id = None
-        self._last_progress = 0.0
-        self._last_table = 0.0
+        # Never: the first progress and the first metrics row are shown at once. (Not 0.0: the monotonic
+        # clock counts from boot, so on a machine up for less than an interval, 0.0 was "just now".)
+        self._last_progress = float("-inf")
+        self._last_table = float("-inf")
         self._last_fraction = -1.0
 
     # -- Reporter ---------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def sft_flow_params(model_dir, file_id: str, settings: dict) -> dict:
 def job_record(run) -> dict:
     from blocks.storage import load_artifact_store
     from client.runs import job_id_of
-    from jobs.records import result_key
+    from store.layout import result_key
 
     job_id = job_id_of(run)
     return load_artifact_store().read_json(result_key(job_id))

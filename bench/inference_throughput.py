@@ -21,8 +21,8 @@ def main(prompts: int = 256, max_tokens: int = 48, rounds: int = 5) -> None:
     from client.runs import job_id_of
     from compute.sample_datasets import conversations_rows, write_jsonl
     from compute.tiny_model import build_tiny_model
-    from jobs.records import result_key
     from store.files import upload_file
+    from store.layout import result_key
 
     model_dir = build_tiny_model(HOME / "models" / "bench-llama", hidden_size=256, num_layers=4)
     rows = [{"messages": row["messages"][:-1]} for row in conversations_rows(prompts)]  # prompts only

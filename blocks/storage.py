@@ -27,6 +27,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,17 +180,48 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# What a flow run loaded, by (what, flow run, block name). The control tier asks for the store several
+# times in one run (inputs, the re-run check, the budget, the cost, the result storage), each a round
+# trip to the server, and within a run the block is the same. Outside a flow run nothing is kept: a
+# client or a script sees a changed block at once.
+_LOADED_IN_RUN: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+_LOADED_IN_RUN_LIMIT = 64
+_LOADED_IN_RUN_LOCK = threading.Lock()
+
+
+def _once_per_flow_run(what: str, name: str, load: Callable[[], Any]) -> Any:
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id()
+    if not run_id:
+        return load()
+    key = (what, str(run_id), name)
+    with _LOADED_IN_RUN_LOCK:
+        if key in _LOADED_IN_RUN:
+            return _LOADED_IN_RUN[key]
+    loaded = load()
+    with _LOADED_IN_RUN_LOCK:
+        _LOADED_IN_RUN[key] = loaded
+        while len(_LOADED_IN_RUN) > _LOADED_IN_RUN_LIMIT:
+            _LOADED_IN_RUN.popitem(last=False)
+    return loaded
+
+
 def load_store_block(name: str | None = None, create_default: bool = True) -> ArtifactStoreBlock:
-    """The store block ``name`` (default: ``$OW_STORE_BLOCK`` or ``default``).
+    """The store block ``name`` (default: ``$OW_STORE_BLOCK`` or ``default``), loaded once per flow run.
 
     The default block is created (a local directory under ``$OW_HOME``) on first use if it does
     not exist: a fresh Prefect server works without a setup step, and a saved block (rather than
     an unsaved instance) is what Prefect can reference as result storage.
     """
-    from blocks.artifact_store_block import ArtifactStoreBlock
-
     explicit = name is not None
     name = name or store_block_name()
+    return _once_per_flow_run("block", name, lambda: _load_store_block(name, explicit, create_default))
+
+
+def _load_store_block(name: str, explicit: bool, create_default: bool) -> ArtifactStoreBlock:
+    from blocks.artifact_store_block import ArtifactStoreBlock
+
     try:
         return ArtifactStoreBlock.load(name)
     except ValueError:
@@ -203,12 +237,17 @@ def load_store_block(name: str | None = None, create_default: bool = True) -> Ar
 
 
 def load_artifact_store(name: str | None = None) -> ArtifactStore:
-    """The artifact store every flow and the CLI use (block ``name``, as :func:`load_store_block`).
+    """The artifact store every flow and the CLI use (block ``name``, as :func:`load_store_block`),
+    loaded once per flow run.
 
     A store whose block references no ``AwsCredentials`` block is built from the block document's
     fields as they are, without the block class: that spares ``ow`` importing prefect-aws. Any other
     (a credentials block to resolve, or no block yet) goes through :func:`load_store_block`.
     """
+    return _once_per_flow_run("store", name or store_block_name(), lambda: _load_artifact_store(name))
+
+
+def _load_artifact_store(name: str | None) -> ArtifactStore:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 

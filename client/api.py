@@ -199,7 +199,7 @@ class ApiDeployment:
 
     def _read_record(self) -> dict | None:
         from blocks.storage import load_artifact_store
-        from compute.serving.stage import endpoint_key
+        from store.layout import endpoint_key
 
         store = load_artifact_store()
         key = endpoint_key(self.job_id)
@@ -239,25 +239,25 @@ class MultiDeployment(dict):
 
     def __init__(self, models: Sequence[str], **serve_options: Any):
         from blocks.storage import load_artifact_store
-        from jobs.deployments import plan_deployments
         from jobs.model_refs import adapter_base
+        from jobs.server_plan import plan_servers
 
         super().__init__()
         store = load_artifact_store()
         self.models = list(models)
-        self.plan = plan_deployments(
+        self.plan = plan_servers(
             self.models, {model: adapter_base(model, store) for model in self.models}
         )
         self.deployments = [
             ApiDeployment(plan.base_model, plan.lora_adapters, **serve_options)
-            for plan in self.plan.deployments
+            for plan in self.plan.servers
         ]
         self._served_names: dict[str, str] = {}
-        for deployment, plan in zip(self.deployments, self.plan.deployments, strict=True):
+        for deployment, plan in zip(self.deployments, self.plan.servers, strict=True):
             self.setdefault(plan.base_model, deployment)
             self._served_names.setdefault(plan.base_model, plan.base_model)
         for model, route in self.plan.routes.items():
-            self[model] = self.deployments[route.deployment]
+            self[model] = self.deployments[route.server]
             self._served_names[model] = route.served_name
 
     def __repr__(self) -> str:

@@ -43,6 +43,7 @@ from jobs.registry import get_job_spec, job_types
 from jobs.tags import submission_tags
 from jobs.validation import InvalidJobError, check_inputs, validate_params
 from store.artifact_store import ArtifactStore
+from store.layout import result_key
 
 __all__ = [
     "CANCELED",
@@ -102,7 +103,7 @@ class Job:
     def cost(self) -> JobCost | None:
         """What the job's pods cost (``cost`` in its result record; ``billed`` False on the local process
         pool); None until it completed, or for a record written before costs were kept."""
-        key = f"jobs/{self.id}/result.json"
+        key = result_key(self.id)
         store = self._manager._store
         cost = store.read_json(key).get("cost") if store.exists(key) else None
         return JobCost.model_validate(cost) if cost else None
@@ -182,7 +183,7 @@ class Jobs:
     def retrieve(self, job_id: str) -> Job:
         job = Job(self, job_id, job_type_of_id(job_id))
         self._load(job)
-        if not job.flow_runs and not self._store.exists(f"jobs/{job_id}/result.json"):
+        if not job.flow_runs and not self._store.exists(result_key(job_id)):
             raise LookupError(f"no job {job_id}")
         return job
 
@@ -266,7 +267,7 @@ class Jobs:
         return job
 
     def _load(self, job: Job) -> None:
-        record_key = f"jobs/{job.id}/result.json"
+        record_key = result_key(job.id)
         job.flow_runs = runs.job_runs(job.id)
         control = [run for run in job.flow_runs if run.flow_id and not _is_gpu_stage(run)]
         record = self._store.read_json(record_key) if self._store.exists(record_key) else None

@@ -33,9 +33,8 @@ from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.states import Cancelling
 
+from jobs.registry import GPU_STAGE_FLOW_NAME
 from jobs.tags import JOB_TAG_PREFIX, TYPE_TAG_PREFIX, job_tag, job_type_tag, tag_value
-
-GPU_STAGE_FLOW = "gpu-stage"
 
 # OpenWeights' statuses (of jobs and of runs), from Prefect's state types.
 PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELED = (
@@ -87,16 +86,11 @@ def read(flow_run_id: UUID) -> FlowRun:
 
 
 def wait(flow_run_id: UUID, timeout: float | None = None, poll_seconds: float = 1.0) -> FlowRun:
-    """Poll until the flow run is in a final state; TimeoutError after ``timeout`` seconds."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            flow_run = client.read_flow_run(flow_run_id)
-            if flow_run.state is not None and flow_run.state.is_final():
-                return flow_run
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"flow run {flow_run.name} ({flow_run_id}) is still {flow_run.state_name}")
-            time.sleep(poll_seconds)
+    """The flow run once its state is final (:func:`tasks.run_waits.wait_until_final`: on the server's
+    events, read every ``poll_seconds`` where they cannot be reached); TimeoutError after ``timeout``."""
+    from tasks.run_waits import wait_until_final
+
+    return wait_until_final(flow_run_id, timeout, poll_seconds=poll_seconds)
 
 
 def wait_for_job_id(flow_run_id: UUID, timeout: float = 300, poll_seconds: float = 0.3) -> str:
@@ -145,7 +139,7 @@ def job_runs(
     tags = [job_tag(job_id)] if job_id else ["ow"]
     if job_type:
         tags.append(job_type_tag(job_type))
-    flow_filter = FlowFilter(name=FlowFilterName(any_=[GPU_STAGE_FLOW])) if gpu_stage is True else None
+    flow_filter = FlowFilter(name=FlowFilterName(any_=[GPU_STAGE_FLOW_NAME])) if gpu_stage is True else None
     found: list[FlowRun] = []
     with get_client(sync_client=True) as client:
         while len(found) < limit:
@@ -161,7 +155,7 @@ def job_runs(
                 break
         if gpu_stage is False:
             names = {flow_id: client.read_flow(flow_id).name for flow_id in {run.flow_id for run in found}}
-            found = [run for run in found if names[run.flow_id] != GPU_STAGE_FLOW]
+            found = [run for run in found if names[run.flow_id] != GPU_STAGE_FLOW_NAME]
     return [run for run in found if job_id_of(run)]
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from store.artifact_store import ArtifactStore
+from store.layout import journal_root
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -57,11 +58,6 @@ FORMAT_VERSION = 1
 DEFAULT_CHUNK_ROWS = 512
 DEFAULT_CHUNK_SECONDS = 60.0
 _CHUNK_NAME = re.compile(r"^chunk-(\d{12})\.jsonl$")
-
-
-def journal_root(job_prefix: str) -> str:
-    """The store prefix of every row journal of a job (``jobs/<job_id>/partial``): disposable once the record exists."""
-    return f"{job_prefix.strip('/')}/partial"
 
 
 def journal_prefix(job_prefix: str, stream: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from compute.reporting import LoggingReporter, Reporter
 from jobs.model_refs import ResolvedModel, resolve_adapter, resolve_model
+from store import layout
 from store.artifact_store import ArtifactStore
 from store.files import download_file
 
@@ -34,10 +35,13 @@ class StageContext:
     # A secret's value if it exists, else None: a recovered attempt of a job reads what the lost one
     # saved (an API deployment keeps the token its clients hold).
     read_secret: Callable[[str], str | None] = field(default=lambda name: None)
+    # Whether this stage is being cancelled (no recovery follows), as opposed to stopped by its pod or
+    # machine going away; asked when the stage is stopped from outside.
+    cancelling: Callable[[], bool] = field(default=lambda: False)
 
     @property
     def job_prefix(self) -> str:
-        return f"jobs/{self.job_id}"
+        return layout.job_prefix(self.job_id)
 
     def local_file(self, file_id: str) -> Path:
         """A local copy of an uploaded file (by content ID)."""

@@ -18,12 +18,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.deployments import run_deployment
 from prefect.variables import Variable
 
-from client import runs
 from flows.job_flow import job_flow
-from jobs.records import result_key
 from jobs.sweeps import SweepConfig, SweepEval, evaluation_jobs
+from store.layout import result_key
+from tasks.run_waits import wait_until_final
 
 eval_inspect = job_flow("eval-inspect", "eval", module=__name__)
 eval_mmlu_pro = job_flow("eval-mmlu-pro", "eval", module=__name__)
@@ -58,11 +59,17 @@ def eval_sweep(
         if store.exists(result_key(job.job_id)):
             logger.info("%s on %s: stored result %s reused", job.eval.name, ", ".join(job.models), job.job_id)
         else:
-            submitted[job.job_id] = runs.submit(job.deployment, job.parameters, tags=[f"ow-sweep:{sweep_name}"])
+            submitted[job.job_id] = run_deployment(
+                job.deployment,
+                parameters=job.parameters,
+                tags=[f"ow-sweep:{sweep_name}"],
+                timeout=0,  # submitted now, waited for below
+                as_subflow=False,  # each evaluation is a job of its own, as if submitted by hand
+            )
             logger.info("%s on %s: running as flow run %s", job.eval.name, ", ".join(job.models), submitted[job.job_id].name)
     failures = []
     for flow_run in submitted.values():
-        final = runs.wait(flow_run.id)
+        final = wait_until_final(flow_run.id)
         if not final.state.is_completed():
             failures.append(f"{final.name}: {final.state_name} ({final.state.message})")
     table = comparison_table(config, planned, store)

@@ -23,8 +23,9 @@ from blocks.secrets import delete_secret, load_secrets, save_secret
 from blocks.storage import load_store_block, ow_home
 from infra.local.cpu_policy import prioritise_calling_thread
 from jobs.costs import JobCost, cost_line
-from jobs.records import JobRecord, result_key
-from jobs.registry import get_job_spec
+from jobs.records import JobRecord
+from jobs.registry import GPU_STAGE_FLOW_NAME, get_job_spec
+from store.layout import result_key
 from tasks.reporting import PrefectReporter, emit_job_event, opens_in_a_browser, short_job_id
 
 
@@ -32,7 +33,7 @@ from tasks.reporting import PrefectReporter, emit_job_event, opens_in_a_browser,
 # line. Prefect's print capture would also defeat libraries that capture stdout themselves: dill
 # swaps sys.stdout to read dis.dis() output when datasets fingerprints a map function, and with
 # print patched, 40-odd lines of bytecode landed in every training run's logs.
-@flow(name="gpu-stage", flow_run_name="{job_id}")
+@flow(name=GPU_STAGE_FLOW_NAME, flow_run_name="{job_id}")
 def gpu_stage(job_type: str, job_id: str, params: dict[str, Any], store_block: str | None = None) -> dict[str, Any]:
     """Run the heavy part of job ``job_id`` and store its outputs and result record.
 
@@ -66,6 +67,7 @@ def gpu_stage(job_type: str, job_id: str, params: dict[str, Any], store_block: s
         save_secret=save_secret,
         delete_secret=delete_secret,
         read_secret=lambda name: load_secrets([name]).get(name),
+        cancelling=_this_run_is_cancelled,
     )
     started = time.time()
     emit_job_event("started", job_id, job_type, {"flow_run_id": str(flow_run.get_id())})
@@ -101,6 +103,20 @@ def gpu_stage(job_type: str, job_id: str, params: dict[str, Any], store_block: s
     shutil.rmtree(work_dir, ignore_errors=True)
     logger.info("job %s completed; outputs: %s", job_id, result.outputs)
     return record.model_dump(mode="json")
+
+
+def _this_run_is_cancelled() -> bool:
+    """Whether this flow run is being cancelled (Prefect marks it Cancelling before stopping it); False
+    when the server cannot say, as for a pod that went away."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run.get_id()).state
+    except Exception:  # noqa: BLE001 - the server unreachable: not known to be a cancellation
+        return False
+    return state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED)
 
 
 def summary_markdown(record: JobRecord, cached: bool = False) -> str:

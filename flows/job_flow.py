@@ -87,15 +87,15 @@ def submit_job(job_type: str, raw_params: dict[str, Any]) -> dict[str, Any] | St
     attempt recovery allows.
     """
     logger = get_run_logger()
-    params = validate_parameters(job_type, raw_params)
-    identity = identify_job(job_type, params)
+    config = validate_parameters(job_type, raw_params)
+    params = config.model_dump(mode="json")  # what the GPU stage's deployment is given (and validates again)
+    identity = identify_job(job_type, config)
     job_id = identity["job_id"]
     logger.info("job ID %s", job_id)
     _label_flow_run(job_id, job_type)
 
     spec = get_job_spec(job_type)
     # The job's hardware request (or its VRAM estimate) becomes the runpod work pool's job variables.
-    config = spec.params_model.model_validate(params)
     job_variables = gpu_stage_job_variables(config, identity["vram_gb"])
     logger.info("%s", describe_hardware_request(config, identity["vram_gb"]))
     recovery = recovery_options()

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from jobs.records import missing_outputs, result_key
+from jobs.records import missing_outputs
 from store.artifact_store import ArtifactStore
+from store.layout import result_key
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?$")
 FINETUNE_JOB_RE = re.compile(r"^ftjob-[0-9a-f]{64}(-[A-Za-z0-9._-]+)?$")

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from jobs.costs import JobCost
+from store.layout import result_key
 
 
 class JobRecord(BaseModel):
@@ -33,10 +34,6 @@ class JobRecord(BaseModel):
         description="What the job cost over all its GPU-stage attempts; added by the control tier once "
         "the stage's pods are gone (None in the record the GPU stage itself writes).",
     )
-
-
-def result_key(job_id: str) -> str:
-    return f"jobs/{job_id}/result.json"
 
 
 def missing_outputs(store: Any, record: dict[str, Any]) -> dict[str, str]:

@@ -23,6 +23,12 @@ from jobs.hardware import NOT_IN_JOB_ID, HardwareRequest
 from jobs.identity import compute_job_id, source_digest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+GPU_STAGE_FLOW_NAME = "gpu-stage"  # the flow (flows/gpu_stage.py) of every job type's GPU-stage deployment
+
+
+def gpu_deployment_name(job_type: str) -> str:
+    """The deployment the control tier runs a job type's GPU stage through (one per type in prefect.yaml)."""
+    return f"{GPU_STAGE_FLOW_NAME}/{job_type}"
 
 
 @dataclass(frozen=True)

@@ -145,8 +145,8 @@ LOGPROBS = register(
 
 def _serve_checks(config: ServeConfig, store) -> list[str]:
     """Every adapter must be an adapter of ``model``: one server serves one base model."""
-    from jobs.deployments import MixedBaseModelsError, check_adapter_bases
     from jobs.model_refs import adapter_base
+    from jobs.server_plan import MixedBaseModelsError, check_adapter_bases
 
     problems = []
     if adapter_base(config.model, store) is not None:

@@ -1,7 +1,7 @@
 """Evaluation sweeps: models × evaluations, planned as the fewest evaluation jobs.
 
 Pure planning (the flow in ``flows/evals.py`` runs it): models are grouped by base model with
-:func:`jobs.deployments.plan_deployments`, so each evaluation runs once per base model with that
+:func:`jobs.server_plan.plan_servers`, so each evaluation runs once per base model with that
 base's adapters in ``lora_adapters`` — one server (or one loaded model) for all of them. Each
 planned job goes through the same validation and identity as a submitted job, so the sweep knows
 its job ID and can reuse a stored result instead of running it again.
@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from jobs.deployments import plan_deployments
 from jobs.model_refs import adapter_base
 from jobs.registry import get_job_spec
+from jobs.server_plan import plan_servers
 from jobs.validation import check_inputs, validate_params
 
 EVAL_KINDS = {
@@ -88,13 +88,13 @@ class PlannedEvaluation:
 
 def evaluation_jobs(config: SweepConfig, store) -> list[PlannedEvaluation]:
     """The evaluation jobs of a sweep, with their job IDs (so stored results can be reused)."""
-    plan = plan_deployments(config.models, {model: adapter_base(model, store) for model in config.models})
+    plan = plan_servers(config.models, {model: adapter_base(model, store) for model in config.models})
     planned = []
     for entry in config.evals:
         job_type, deployment = EVAL_KINDS[entry.kind]
         spec = get_job_spec(job_type)
-        for number, group in enumerate(plan.deployments):
-            members = [model for model, route in plan.routes.items() if route.deployment == number]
+        for number, group in enumerate(plan.servers):
+            members = [model for model, route in plan.routes.items() if route.server == number]
             base_requested = any(route.served_name == group.base_model for model, route in plan.routes.items() if model in members)
             parameters = {**entry.params, "model": group.base_model, "lora_adapters": list(group.lora_adapters)}
             if group.lora_adapters:

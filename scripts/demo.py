@@ -81,7 +81,7 @@ def gpu_stage_runs(job_id: str) -> int:
 def cached_task_state(run_id) -> str:
     from client.runs import task_runs
 
-    tasks = task_runs(run_id, name_like="gpu-stage")
+    tasks = task_runs(run_id, name_like="launch-gpu-stage")
     state = tasks[0].state if tasks else None
     return state.name if state is not None else "missing"
 
@@ -119,7 +119,7 @@ def main() -> int:
     job_id = job_id_of(first_run)
 
     from blocks.storage import load_artifact_store
-    from jobs.records import result_key
+    from store.layout import result_key
 
     record = load_artifact_store().read_json(result_key(job_id))
     history = [entry for entry in record["details"].get("metrics_history", []) if "loss" in entry]

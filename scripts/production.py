@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from infra.local import stack as local_stack  # noqa: E402
+from infra.local.pid_files import forget_pid, running_pid, write_pid  # noqa: E402
 from infra.production import server as production_server  # noqa: E402
 from infra.production.settings import ProductionSettingsError, server_settings  # noqa: E402
 
@@ -42,31 +43,13 @@ PORT = int(os.environ.get("OW_PREFECT_PORT", "4200"))
 PROCESSES = ["worker-control", "worker-gpu", "services", "api"]
 
 
-def _pid(name: str) -> int | None:
-    path = RUN_DIR / f"{name}.pid"
-    if not path.exists():
-        return None
-    pid = int(path.read_text().strip() or 0)
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        path.unlink(missing_ok=True)
-        return None
-    return pid
-
-
-def _write_pid(name: str, pid: int) -> None:
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    (RUN_DIR / f"{name}.pid").write_text(str(pid))
-
-
 def start(database_url: str, redis_url: str, *, port: int, host: str, api_workers: int, workers: bool) -> None:
     try:
         server_settings(database_url, redis_url)  # refuse unusable URLs before stopping or starting anything
     except ProductionSettingsError as exc:
         sys.exit(str(exc))
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/api"
-    if _pid("api") and local_stack.is_healthy(url):
+    if running_pid(RUN_DIR, "api") and local_stack.is_healthy(url):
         print(f"Prefect server (production profile): already running at {url}; `{Path(__file__).name} stop` first to restart it")
     else:
         stop()
@@ -84,8 +67,8 @@ def start(database_url: str, redis_url: str, *, port: int, host: str, api_worker
             )
         except (RuntimeError, TimeoutError) as exc:
             sys.exit(f"{exc}\nLogs: {LOG_DIR}. Is port {port} taken? Use --port or OW_PREFECT_PORT.")
-        _write_pid("api", server.api.pid)
-        _write_pid("services", server.services.pid)
+        write_pid(RUN_DIR, "api", server.api.pid)
+        write_pid(RUN_DIR, "services", server.services.pid)
         print(f"Prefect server: {server.url} (logs: {LOG_DIR})")
 
     os.environ["PREFECT_API_URL"] = url
@@ -96,12 +79,12 @@ def start(database_url: str, redis_url: str, *, port: int, host: str, api_worker
     setup("process")
     env = local_stack.worker_env()
     for name, pool in (("control", local_stack.CONTROL_POOL), ("gpu", local_stack.GPU_POOL)):
-        if _pid(f"worker-{name}"):
+        if running_pid(RUN_DIR, f"worker-{name}"):
             print(f"worker for {pool}: already running")
             continue
         log = LOG_DIR / f"worker-{name}.log"
         process = local_stack.start_worker(pool, "process", log, env=env, name=f"production-{name}", detach=True)
-        _write_pid(f"worker-{name}", process.pid)
+        write_pid(RUN_DIR, f"worker-{name}", process.pid)
         print(f"worker for {pool}: started (log: {log})")
     print(f"export PREFECT_API_URL={url}   # for prefect and ow in your shell")
 
@@ -149,10 +132,10 @@ def _ensure_runpod_pool(name: str) -> bool:
 
 def stop() -> None:
     for name in PROCESSES:
-        pid = _pid(name)
+        pid = running_pid(RUN_DIR, name)
         if pid and local_stack.stop_process(pid):
             print(f"stopped {name} (pid {pid})")
-        (RUN_DIR / f"{name}.pid").unlink(missing_ok=True)
+        forget_pid(RUN_DIR, name)
 
 
 def status(port: int) -> int:
@@ -160,7 +143,7 @@ def status(port: int) -> int:
     healthy = local_stack.is_healthy(url)
     print(f"Prefect server at {url}: {'healthy' if healthy else 'not answering'}")
     for name in PROCESSES:
-        pid = _pid(name)
+        pid = running_pid(RUN_DIR, name)
         print(f"{name}: {'running, pid ' + str(pid) if pid else 'not running'}")
     return 0 if healthy else 1
 

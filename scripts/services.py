@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from infra.local import stack as local_stack  # noqa: E402
+from infra.local.pid_files import forget_pid, running_pid, write_pid  # noqa: E402
 
 OW_HOME = Path(os.environ.get("OW_HOME") or ROOT / ".ow")
 RUN_DIR = OW_HOME / "run"
@@ -37,24 +38,6 @@ WORKERS = {
 }
 
 
-def _pid(name: str) -> int | None:
-    path = RUN_DIR / f"{name}.pid"
-    if not path.exists():
-        return None
-    pid = int(path.read_text().strip() or 0)
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        path.unlink(missing_ok=True)
-        return None
-    return pid
-
-
-def _write_pid(name: str, pid: int) -> None:
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    (RUN_DIR / f"{name}.pid").write_text(str(pid))
-
-
 def start() -> None:
     os.environ["PREFECT_API_URL"] = API_URL
     os.environ["OW_HOME"] = str(OW_HOME)  # the store block's default directory and the workers' state
@@ -62,12 +45,12 @@ def start() -> None:
     if local_stack.is_healthy(API_URL):
         print(f"Prefect server: already running at {API_URL}")
     else:
-        if _pid("server"):
-            local_stack.stop_process(_pid("server"))
+        if running_pid(RUN_DIR, "server"):
+            local_stack.stop_process(running_pid(RUN_DIR, "server"))
         process = local_stack.start_server(
             OW_HOME / "prefect", PORT, LOG_DIR / "prefect-server.log", ui=True, detach=True
         )
-        _write_pid("server", process.pid)
+        write_pid(RUN_DIR, "server", process.pid)
         print(f"Prefect server: starting at {API_URL} (log: {LOG_DIR / 'prefect-server.log'})")
         try:
             local_stack.wait_healthy(API_URL, timeout=120, process=process)
@@ -82,13 +65,13 @@ def start() -> None:
     env = local_stack.worker_env()
     for name, (pool, worker_type) in WORKERS.items():
         local_stack.ensure_process_pool(pool)
-        if _pid(f"worker-{name}"):
+        if running_pid(RUN_DIR, f"worker-{name}"):
             print(f"worker for {pool}: already running")
             continue
         process = local_stack.start_worker(
             pool, worker_type, LOG_DIR / f"worker-{name}.log", env=env, name=f"local-{name}", detach=True
         )
-        _write_pid(f"worker-{name}", process.pid)
+        write_pid(RUN_DIR, f"worker-{name}", process.pid)
         print(f"worker for {pool}: started (log: {LOG_DIR / f'worker-{name}.log'})")
 
     local_stack.deploy_project(env=env)
@@ -105,17 +88,17 @@ def start() -> None:
 
 def stop() -> None:
     for name in ["worker-control", "worker-gpu", "server"]:
-        pid = _pid(name)
+        pid = running_pid(RUN_DIR, name)
         if pid and local_stack.stop_process(pid):
             print(f"stopped {name} (pid {pid})")
-        (RUN_DIR / f"{name}.pid").unlink(missing_ok=True)
+        forget_pid(RUN_DIR, name)
 
 
 def status() -> int:
     healthy = local_stack.is_healthy(API_URL)
     print(f"Prefect server at {API_URL}: {'healthy' if healthy else 'not answering'}")
     for name in ["worker-control", "worker-gpu"]:
-        pid = _pid(name)
+        pid = running_pid(RUN_DIR, name)
         print(f"{name}: {'running, pid ' + str(pid) if pid else 'not running'}")
     return 0 if healthy else 1
 

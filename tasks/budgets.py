@@ -49,13 +49,12 @@ from jobs.cost_estimate import (
     estimated_run_time,
 )
 from jobs.hardware import MAX_COST_FIELD
-from jobs.registry import get_job_spec
+from jobs.registry import GPU_STAGE_FLOW_NAME, get_job_spec, gpu_deployment_name
 from jobs.tags import SUBMITTER_TAG_PREFIX, tag_value
 from tasks.cost_ledger import hold_artifact, read_charges, read_holds
-from tasks.job_control import GpuStageFailed, gpu_deployment_name
+from tasks.job_control import GpuStageFailed
 
 BILLED_POOL_TYPE = "runpod"  # RunPodWorker.type, spelled here so `ow costs` need not import the worker
-GPU_STAGE_FLOW = "gpu-stage"
 ADMISSION_LIMIT = "ow-budget-admission"  # a Prefect global concurrency limit of 1: one admission at a time
 ADMISSION_WAIT_SECONDS = 300.0
 
@@ -164,7 +163,7 @@ def pool_variables(pool: WorkPool) -> dict[str, Any]:
 
 def gpu_work_pools(client: SyncPrefectClient) -> list[WorkPool]:
     """The work pools the ``gpu-stage`` deployments run on (each once)."""
-    deployments = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[GPU_STAGE_FLOW])))
+    deployments = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[GPU_STAGE_FLOW_NAME])))
     pools: dict[str, WorkPool] = {}
     for name in sorted(
         {deployment.work_pool_name for deployment in deployments if deployment.work_pool_name}

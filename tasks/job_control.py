@@ -23,7 +23,6 @@ state: Crashed, listing each attempt's stage run, pod and why it ended.
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -41,19 +40,17 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
-from prefect.exceptions import FlowRunWaitTimeout
-from prefect.flow_runs import wait_for_flow_run
 from prefect.states import Cancelling, Crashed, State
-from prefect.utilities.asyncutils import run_coro_as_sync
+from pydantic import BaseModel
 
 from blocks.storage import load_artifact_store, store_block_name
-from jobs.registry import get_job_spec
+from jobs.registry import GPU_STAGE_FLOW_NAME, get_job_spec, gpu_deployment_name
 from jobs.tags import deployment_tag, inherited_tags, job_tag, job_type_tag
 from jobs.validation import check_inputs, validate_params
 from tasks.job_cost import record_with_cost
+from tasks.run_waits import wait_until_final
 
 FAILED_STATES = [StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
-GPU_STAGE_FLOW_NAME = "gpu-stage"  # the flow of every gpu-stage/<type> deployment
 
 
 MAX_RECOVERIES_ENV = "OW_MAX_RECOVERIES"
@@ -131,21 +128,17 @@ def recovery_options() -> dict[str, Any]:
     }
 
 
-def gpu_deployment_name(job_type: str) -> str:
-    return f"gpu-stage/{job_type}"
-
-
 @task(name="validate-parameters", cache_policy=NO_CACHE, persist_result=False)
-def validate_parameters(job_type: str, raw_params: dict[str, Any]) -> dict[str, Any]:
-    """The job's parameters with every default filled in (errors name each bad field)."""
-    return validate_params(get_job_spec(job_type), raw_params).model_dump(mode="json")
+def validate_parameters(job_type: str, raw_params: dict[str, Any]) -> BaseModel:
+    """The job's parameters with every default filled in (errors name each bad field): the one
+    validation of the control tier, whose model the rest of the tier uses."""
+    return validate_params(get_job_spec(job_type), raw_params)
 
 
 @task(name="identify-job", cache_policy=NO_CACHE, persist_result=False)
-def identify_job(job_type: str, params: dict[str, Any]) -> dict[str, Any]:
+def identify_job(job_type: str, config: BaseModel) -> dict[str, Any]:
     """Check every input exists and is valid; returns the job ID and its VRAM estimate."""
     spec = get_job_spec(job_type)
-    config = spec.params_model.model_validate(params)
     checked = check_inputs(spec, config, load_artifact_store())
     job_id = spec.job_id(config, checked.inputs)
     if not spec.cacheable:  # a service: identical parameters still make a separate deployment
@@ -158,7 +151,7 @@ def _job_id_cache_key(context, parameters: dict[str, Any]) -> str:
 
 
 @task(
-    name="gpu-stage",
+    name="launch-gpu-stage",
     cache_key_fn=_job_id_cache_key,
     persist_result=True,
     result_serializer="json",
@@ -172,7 +165,7 @@ def launch_gpu_stage(
     return run_gpu_stage(job_id, job_type, params, job_variables, rerun=rerun)
 
 
-@task(name="gpu-stage", cache_policy=NO_CACHE, persist_result=False, log_prints=True)
+@task(name="launch-gpu-stage", cache_policy=NO_CACHE, persist_result=False, log_prints=True)
 def launch_service_stage(
     job_id: str, job_type: str, params: dict[str, Any], job_variables: dict[str, Any], rerun: bool = False
 ) -> dict[str, Any]:
@@ -205,8 +198,9 @@ def run_gpu_stage(
         # this run, so whether it stops is decided below (only when no other submission waits on it).
         as_subflow=False,
     )
+    get_run_logger().info("waiting for GPU stage %s (flow run %s)", stage.name, stage.id)
     try:
-        stage = _wait_until_final(stage.id)
+        stage = wait_until_final(stage.id)
     except BaseException:
         # The control flow was cancelled or crashed: stop paying for the GPU stage too — unless another
         # submission of the same job still waits on it (identical submissions share one stage).
@@ -258,30 +252,6 @@ def _announce_recovery(job_id: str, job_type: str) -> None:
         run_count,
     )
     emit_job_event("recovering", job_id, job_type, {"attempt": run_count})
-
-
-def _wait_until_final(flow_run_id, recheck_seconds: int = 60):
-    """The GPU-stage run once it is final, woken by the server's event stream.
-
-    Polling once a second for an hour-long stage loads the server for nothing, and on the
-    embedded default that server shares the CPUs the stage trains on. Prefect's
-    ``wait_for_flow_run`` subscribes to the run's state events (reading the run once after
-    subscribing, so a run that ended first is seen); it is re-armed every ``recheck_seconds``
-    so a missed event costs at most that long. If the event stream cannot be reached, the run
-    is polled every few seconds instead.
-    """
-    while True:
-        try:
-            return run_coro_as_sync(wait_for_flow_run(flow_run_id, timeout=recheck_seconds))
-        except FlowRunWaitTimeout:
-            continue
-        except Exception as exc:  # noqa: BLE001 - the event stream is an optimisation; polling still works
-            get_run_logger().debug("event stream unavailable (%s); polling the GPU-stage run", exc)
-            with get_client(sync_client=True) as client:
-                flow_run = client.read_flow_run(flow_run_id)
-            if flow_run.state is not None and flow_run.state.is_final():
-                return flow_run
-            time.sleep(5)
 
 
 def _other_submissions_waiting(job_id: str) -> bool:

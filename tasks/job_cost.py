@@ -34,8 +34,8 @@ from blocks.storage import load_artifact_store
 from infra.worker.pool_settings import RunPodPodSettings
 from infra.worker.runpod_worker import RunPodWorker
 from jobs.costs import JobCost, PodCharge, cost_line, job_cost, local_cost
-from jobs.records import result_key
 from jobs.tags import job_tag
+from store.layout import result_key
 from tasks.cost_ledger import read_charges
 
 if TYPE_CHECKING:

@@ -66,7 +66,7 @@ def test_bad_input_fails_before_any_gpu_stage_and_touches_nothing(ow_stack, sft_
         for expected in cases[name][1]:
             assert expected in message, f"{name}: {expected!r} not in {message!r}"
         task_states = {task.name.rsplit("-", 1)[0]: task.state.type for task in ow_stack.task_runs(run.id)}
-        assert "gpu-stage" not in task_states, name
+        assert "launch-gpu-stage" not in task_states, name
     assert gpu_stage_count(ow_stack) == before_stages
     assert store_snapshot(ow_stack.store) == before_store
 

@@ -67,7 +67,7 @@ def test_identical_resubmission_is_a_cache_hit_and_starts_no_gpu_stage(ow_stack,
     assert again.state.type == StateType.COMPLETED
     assert ow_stack.job_id_of(again) == job_id
     states = {task.name.rsplit("-", 1)[0]: task.state.name for task in ow_stack.task_runs(again.id)}
-    assert states["gpu-stage"] == "Cached"
+    assert states["launch-gpu-stage"] == "Cached"
     assert len(ow_stack.gpu_stage_runs(job_id)) == 1
     with get_client(sync_client=True) as client:
         result = client.read_flow_run(again.id).state
@@ -89,9 +89,9 @@ def test_concurrent_identical_submissions_train_once(ow_stack, sft_params):
 
 
 def test_resubmission_after_a_failure_trains_again(ow_stack, sft_params):
-    # Long enough (120 steps) that the cancellation (the worker checks every 5 s) lands mid-run:
-    # with the default 18 steps an unloaded stage could finish first and store its result.
-    params = sft_params(seed=23, epochs=20)
+    # Long enough (360 steps) that the cancellation (the worker checks every 5 s) lands mid-run, even
+    # on a loaded machine: with 120 steps a stage once finished first and stored its result.
+    params = sft_params(seed=23, epochs=60)
     first = ow_stack.submit("finetune/sft", params)
     stage = _wait_for_running_gpu_stage(ow_stack, first.id)
     with get_client(sync_client=True) as client:

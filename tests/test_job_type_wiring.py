@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.registry import get_job_spec, job_types
-from tasks.job_control import gpu_deployment_name
+from jobs.registry import get_job_spec, gpu_deployment_name, job_types
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,8 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from jobs.adapter_config import AdapterConfigError, adapter_base_model, adapter_rank
-from jobs.deployments import Deployment, MixedBaseModelsError, Route, check_adapter_bases, plan_deployments
 from jobs.serve import ServeConfig
+from jobs.server_plan import MixedBaseModelsError, PlannedServer, Route, check_adapter_bases, plan_servers
 
 BASE = "meta-llama/Llama-3.1-8B-Instruct"
 OTHER = "Qwen/Qwen2.5-7B-Instruct"
@@ -120,50 +120,50 @@ GROUPING_CASES = {
     "one base model alone": (
         [BASE],
         {BASE: None},
-        [Deployment(BASE)],
+        [PlannedServer(BASE)],
         {BASE: Route(0, BASE)},
     ),
     "adapters of one base share its server, with the base": (
         ["org/a", BASE, "org/b"],
         {"org/a": BASE, BASE: None, "org/b": BASE},
-        [Deployment(BASE, ("org/a", "org/b"))],
+        [PlannedServer(BASE, ("org/a", "org/b"))],
         {"org/a": Route(0, "org/a"), BASE: Route(0, BASE), "org/b": Route(0, "org/b")},
     ),
     "adapters of two bases get two servers, in first-requested order": (
         ["org/q1", "org/l1", "org/q2"],
         {"org/q1": OTHER, "org/l1": BASE, "org/q2": OTHER},
-        [Deployment(OTHER, ("org/q1", "org/q2")), Deployment(BASE, ("org/l1",))],
+        [PlannedServer(OTHER, ("org/q1", "org/q2")), PlannedServer(BASE, ("org/l1",))],
         {"org/q1": Route(0, "org/q1"), "org/l1": Route(1, "org/l1"), "org/q2": Route(0, "org/q2")},
     ),
     "a model requested twice is served once": (
         ["org/a", "org/a"],
         {"org/a": BASE},
-        [Deployment(BASE, ("org/a",))],
+        [PlannedServer(BASE, ("org/a",))],
         {"org/a": Route(0, "org/a")},
     ),
     "two spellings of one local base path are one base": (
         ["/models/tiny", "ftjob-" + "d" * 64],
         {"/models/tiny": None, "ftjob-" + "d" * 64: "/models/tiny/"},
-        [Deployment("/models/tiny", ("ftjob-" + "d" * 64,))],
+        [PlannedServer("/models/tiny", ("ftjob-" + "d" * 64,))],
         {"/models/tiny": Route(0, "/models/tiny"), "ftjob-" + "d" * 64: Route(0, "ftjob-" + "d" * 64)},
     ),
 }
 
 
-@pytest.mark.parametrize(("models", "bases", "deployments", "routes"), GROUPING_CASES.values(), ids=GROUPING_CASES)
-def test_plan_deployments_groups_adapters_by_base_model(models, bases, deployments, routes):
-    plan = plan_deployments(models, bases)
-    assert list(plan.deployments) == deployments
+@pytest.mark.parametrize(("models", "bases", "servers", "routes"), GROUPING_CASES.values(), ids=GROUPING_CASES)
+def test_plan_servers_groups_adapters_by_base_model(models, bases, servers, routes):
+    plan = plan_servers(models, bases)
+    assert list(plan.servers) == servers
     assert dict(plan.routes) == routes
 
 
-def test_plan_deployments_needs_every_base_model():
+def test_plan_servers_needs_every_base_model():
     with pytest.raises(ValueError, match="the base model of 'org/x' is not known"):
-        plan_deployments(["org/x"], {})
+        plan_servers(["org/x"], {})
 
 
 def test_deployment_becomes_a_serve_config():
-    config = Deployment(BASE, ("org/a",)).serve_config(max_model_len=4096)
+    config = PlannedServer(BASE, ("org/a",)).serve_config(max_model_len=4096)
     assert (config.model, config.lora_adapters, config.max_model_len) == (BASE, ["org/a"], 4096)
 
 

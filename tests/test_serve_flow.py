@@ -91,3 +91,28 @@ def test_adapters_of_another_base_model_are_refused_before_any_gpu_stage(ow_stac
     with pytest.raises(DeploymentError, match=r"lora_adapters\[0\].*adapter of 'someone/other-model'"):
         ApiDeployment(str(tiny_model_dir), lora_adapters=[str(foreign)]).up()
     assert len(ow_stack.flow_runs(flow_name="gpu-stage")) == before
+
+
+def test_a_deployment_cancelled_in_the_ui_takes_its_token_with_it(ow_stack, tiny_model_dir):
+    """Cancelled the way Prefect's UI does it (its control run set to Cancelling), not through the client:
+    the server stops for good, so its token's Secret is deleted and the endpoint record says cancelled."""
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    from compute.serving.stage import endpoint_key, token_secret_name
+
+    deployment = ApiDeployment(str(tiny_model_dir), idle_timeout_seconds=600)
+    endpoint = deployment.up()
+    secret_name = token_secret_name(endpoint.job_id)
+    assert Secret.load(secret_name).get() == endpoint.api_key
+    [stage] = runs.job_runs(endpoint.job_id, gpu_stage=True)
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(deployment.flow_run_id, Cancelling(), force=True)
+
+    assert ow_stack.wait(stage.id, timeout=180).state.type == StateType.CANCELLED
+    assert wait_closed(endpoint.base_url)
+    assert ow_stack.store.read_json(endpoint_key(endpoint.job_id))["status"] == "cancelled"
+    with pytest.raises(ValueError):
+        Secret.load(secret_name)

@@ -139,6 +139,25 @@ def test_a_stage_stopped_from_outside_leaves_its_token_for_a_recovery(tiny_model
     assert store.read_json(endpoint_key(JOB_ID))["attempt"] == 2
 
 
+def test_a_stage_stopped_because_it_was_cancelled_deletes_its_token(tiny_model_dir, tmp_path, monkeypatch):
+    """A cancellation is never recovered: nobody will use the token again, so it does not outlive the stage."""
+    from dataclasses import replace
+
+    from compute.serving.server import TransformersOpenAIServer
+
+    def stopped_from_outside(self, poll_seconds=5.0):
+        raise PodStopping()
+
+    monkeypatch.setattr(TransformersOpenAIServer, "wait_until_shutdown", stopped_from_outside)
+    store, secrets = ArtifactStore(str(tmp_path / "store")), Secrets()
+
+    with pytest.raises(PodStopping):
+        run_serve_stage(ServeConfig(model=str(tiny_model_dir)), replace(secrets.context(store, tmp_path), cancelling=lambda: True))
+
+    assert token_secret_name(JOB_ID) not in secrets
+    assert store.read_json(endpoint_key(JOB_ID))["status"] == "cancelled"
+
+
 def test_the_same_openai_client_answers_after_its_deployments_stage_process_is_killed(
     ow_stack, tiny_model_dir
 ):

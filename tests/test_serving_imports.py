@@ -6,7 +6,7 @@ import sys
 LIGHT_MODULES = [
     "jobs.inference",
     "jobs.serve",
-    "jobs.deployments",
+    "jobs.server_plan",
     "jobs.adapter_config",
     "compute.generation.batch",
     "compute.generation.backends",

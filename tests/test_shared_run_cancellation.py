@@ -35,12 +35,22 @@ def _job_id(ow_stack, control_id, timeout: float = 300) -> str:
     raise AssertionError("the control run did not identify its job")
 
 
+def _waiting_on_its_gpu_stage(ow_stack, control_id, timeout: float = 300) -> None:
+    """Until the control run says it waits on its GPU stage (it has launched or joined it)."""
+    deadline = time.monotonic() + timeout
+    while "waiting for GPU stage" not in ow_stack.logs(control_id):
+        assert time.monotonic() < deadline, f"control run {control_id} never waited on a GPU stage"
+        time.sleep(1)
+
+
 def test_cancelling_one_of_two_identical_submissions_leaves_the_shared_gpu_stage_to_the_other(ow_stack, sft_params):
-    params = sft_params(seed=31, epochs=20)  # 120 steps: still training when the cancellation lands
+    params = sft_params(seed=31, epochs=40)  # 240 steps: still training when the cancellation lands
     first, second = (ow_stack.submit("finetune/sft", params) for _ in range(2))
     job_id = _job_id(ow_stack, first.id)
     assert _job_id(ow_stack, second.id) == job_id
     stage = _running_gpu_stage(ow_stack, job_id)
+    for control in (first, second):  # both share the stage (not one still on its way to it)
+        _waiting_on_its_gpu_stage(ow_stack, control.id)
 
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(first.id, Cancelling(message="cancelled by one submitter"), force=True)
@@ -55,8 +65,9 @@ def test_cancelling_one_of_two_identical_submissions_leaves_the_shared_gpu_stage
 
 
 def test_cancelling_the_only_submission_still_cancels_its_gpu_stage(ow_stack, sft_params):
-    control = ow_stack.submit("finetune/sft", sft_params(seed=32, epochs=20))
+    control = ow_stack.submit("finetune/sft", sft_params(seed=32, epochs=40))
     stage = _running_gpu_stage(ow_stack, _job_id(ow_stack, control.id))
+    _waiting_on_its_gpu_stage(ow_stack, control.id)  # cancelled while it waits, not on its way to the stage
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(control.id, Cancelling(message="cancelled by the submitter"), force=True)
     assert ow_stack.wait(control.id, timeout=120).state.type == StateType.CANCELLED

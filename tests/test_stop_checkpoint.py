@@ -252,10 +252,15 @@ def test_a_termination_lets_the_step_finish_then_is_raised_with_the_handler_left
 
 
 def test_ctrl_c_also_stops_training_at_a_step_end_before_the_interrupt(sigterm_raises):
-    stop = StopRequest()
-    train, finished, _ = training(stop, {2: [signal.SIGINT]})
-    with pytest.raises(KeyboardInterrupt):
-        run_until_stopped(train, stop, lambda line: None)
+    # Ctrl-C as a fresh Python process takes it (an earlier test in this process may have replaced the handler).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        stop = StopRequest()
+        train, finished, _ = training(stop, {2: [signal.SIGINT]})
+        with pytest.raises(KeyboardInterrupt):
+            run_until_stopped(train, stop, lambda line: None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert finished[-1] == 2 and stop.reason == "SIGINT"
 
 

@@ -25,6 +25,7 @@ import time
 from compute.backend import select_backend
 from compute.stage import StageContext, StageResult
 from jobs.serve import ServeConfig
+from store.layout import endpoint_key
 
 POD_PORT = 8000  # the port a RunPod pod exposes for API deployments (prefect.yaml job variables)
 
@@ -34,14 +35,10 @@ def token_secret_name(job_id: str) -> str:
     return f"ow-api-token-{job_id.replace('_', '-').lower()}"[:120]
 
 
-def endpoint_key(job_id: str) -> str:
-    return f"jobs/{job_id}/endpoint.json"
-
-
 # The endpoint record's statuses: clients send requests only while it is serving, and stop
 # waiting for a recovery once it has ended.
 STARTING, RECOVERING, SERVING, INTERRUPTED = "starting", "recovering", "serving", "interrupted"
-ENDED_STATUSES = ("stopped", "failed")
+ENDED_STATUSES = ("stopped", "failed", "cancelled")
 
 
 def run_serve_stage(config: ServeConfig, context: StageContext) -> StageResult:
@@ -89,9 +86,13 @@ def run_serve_stage(config: ServeConfig, context: StageContext) -> StageResult:
         reason = server.wait_until_shutdown(poll_seconds=1)
         ended = "stopped"
     except BaseException as exc:
-        # The deployment's own failure is never recovered: it ends here. Stopped from outside (a
-        # cancellation, a pod stopping), a recovery may follow: the token stays for it.
-        ended = "failed" if isinstance(exc, Exception) else None
+        # The deployment's own failure is never recovered, nor is a cancellation: it ends here, and its
+        # token with it. Stopped from outside otherwise (its pod or machine went away), a recovery may
+        # follow: the token stays for it.
+        if isinstance(exc, Exception):
+            ended = "failed"
+        else:
+            ended = "cancelled" if context.cancelling() else None
         raise
     finally:
         server.stop()

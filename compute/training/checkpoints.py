@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from store.artifact_store import ArtifactStore
+from store.layout import checkpoints_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class CheckpointStore:
 
     def __init__(self, store: ArtifactStore, job_prefix: str, keep: int = 2):
         self.store = store
-        self.prefix = f"{job_prefix.strip('/')}/checkpoints"
+        self.prefix = checkpoints_prefix(job_prefix)
         self.keep = keep
 
     def key(self, step: int) -> str:

@@ -28,6 +28,7 @@ from compute.training.checkpoints import CheckpointStore
 from compute.training.stop_request import StopRequest, run_until_stopped
 from jobs.finetune import TrainingConfig
 from jobs.model_refs import ResolvedModel
+from store import layout
 from store.artifact_store import ArtifactStore
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class FinetuneInputs:
 
     @property
     def job_prefix(self) -> str:
-        return f"jobs/{self.job_id}"
+        return layout.job_prefix(self.job_id)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 from compute.stage import StageContext, StageResult
 from compute.training.recipe import FinetuneInputs, run_finetune
 from jobs.finetune import TrainingConfig, configured_hf_org
+from store.layout import checkpoints_prefix
 
 
 def run_finetune_stage(config: TrainingConfig, context: StageContext) -> StageResult:
@@ -34,5 +35,5 @@ def run_finetune_stage(config: TrainingConfig, context: StageContext) -> StageRe
             "metrics_history": result.history,
         },
         # Checkpoints exist to survive a lost pod; once result.json is written they are dead weight.
-        disposable_prefixes=[f"{context.job_prefix}/checkpoints"],
+        disposable_prefixes=[checkpoints_prefix(context.job_prefix)],
     )

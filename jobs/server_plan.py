@@ -1,8 +1,8 @@
-"""Group models into deployments: one server per base model, serving all of that base's adapters.
+"""Group models into servers: one per base model, serving all of that base's adapters.
 
 OpenWeights' ``multi_deploy``: asked for a mix of base models and LoRA adapters, it starts one
 server per base model and loads every adapter of that base into it, so N fine-tunes of one
-model cost one GPU, not N. :func:`plan_deployments` makes that decision as a pure function; the
+model cost one GPU, not N. :func:`plan_servers` makes that decision as a pure function; the
 caller supplies each reference's base model (an adapter's comes from its ``adapter_config.json``,
 :func:`jobs.adapter_config.adapter_base_model`; a base model has none).
 
@@ -25,7 +25,7 @@ class MixedBaseModelsError(ValueError):
 
 
 @dataclass(frozen=True)
-class Deployment:
+class PlannedServer:
     """One server: a base model and the adapters loaded into it."""
 
     base_model: str
@@ -38,15 +38,15 @@ class Deployment:
 
 @dataclass(frozen=True)
 class Route:
-    """Where a requested model is served: the deployment (its index in the plan) and the model name to request."""
+    """Where a requested model is served: the server (its index in the plan) and the model name to request."""
 
-    deployment: int
+    server: int
     served_name: str
 
 
 @dataclass(frozen=True)
-class DeploymentPlan:
-    deployments: tuple[Deployment, ...]
+class ServerPlan:
+    servers: tuple[PlannedServer, ...]
     routes: Mapping[str, Route]  # requested reference → where it is served
 
 
@@ -60,11 +60,11 @@ def same_model_key(reference: str) -> str:
     return ref.value
 
 
-def plan_deployments(models: Sequence[str], base_models: Mapping[str, str | None]) -> DeploymentPlan:
+def plan_servers(models: Sequence[str], base_models: Mapping[str, str | None]) -> ServerPlan:
     """Group ``models`` by base model; returns the servers to start and which one serves each model.
 
     ``base_models`` maps each requested reference to its adapter's base model, or to ``None``
-    when the reference is a base model itself. Deployments and their adapters keep the order in
+    when the reference is a base model itself. Servers and their adapters keep the order in
     which they were first requested; a model requested twice is served once.
     """
     missing = [model for model in models if model not in base_models]
@@ -88,14 +88,14 @@ def plan_deployments(models: Sequence[str], base_models: Mapping[str, str | None
         else:
             adapters[key].append(model)
 
-    deployments = tuple(Deployment(base_name[key], tuple(adapters[key])) for key in order)
+    servers = tuple(PlannedServer(base_name[key], tuple(adapters[key])) for key in order)
     index = {key: number for number, key in enumerate(order)}
     routes: dict[str, Route] = {}
     for model in models:
         base = base_models[model]
         number = index[same_model_key(base if base is not None else model)]
-        routes[model] = Route(number, deployments[number].base_model if base is None else model)
-    return DeploymentPlan(deployments, routes)
+        routes[model] = Route(number, servers[number].base_model if base is None else model)
+    return ServerPlan(servers, routes)
 
 
 def check_adapter_bases(config: ServeConfig, base_models: Mapping[str, str | None]) -> None:
@@ -121,5 +121,5 @@ def check_adapter_bases(config: ServeConfig, base_models: Mapping[str, str | Non
         raise MixedBaseModelsError(
             "one server serves one base model and its own adapters: "
             + "; ".join(problems)
-            + ". Serve adapters of different base models in separate deployments (plan_deployments groups them)."
+            + ". Serve adapters of different base models in separate deployments (ow.api.multi_deploy groups them by base model)."
         )

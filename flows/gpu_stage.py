@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 
 from blocks.secrets import delete_secret, load_secrets, save_secret
@@ -76,7 +78,9 @@ def gpu_stage(job_type: str, job_id: str, params: dict[str, Any], store_block: s
     # and heartbeat threads stay batch, so they do not preempt a training step when they wake.
     prioritise_calling_thread()
     try:
+        _stop_if_cancelled("before the job's work starts")
         result = spec.stage_function()(config, context)
+        _stop_if_cancelled("before the result record is written")
     except BaseException as exc:
         reporter.flush_metrics()  # what was logged before the failure stays visible
         reporter.drain()
@@ -103,6 +107,21 @@ def gpu_stage(job_type: str, job_id: str, params: dict[str, Any], store_block: s
     shutil.rmtree(work_dir, ignore_errors=True)
     logger.info("job %s completed; outputs: %s", job_id, result.outputs)
     return record.model_dump(mode="json")
+
+
+def _stop_if_cancelled(when: str) -> None:
+    """End the stage as a cancellation would if its run is being cancelled.
+
+    Prefect cancels a stage by SIGTERM, whose handler raises ``TerminationSignal``; but raised while
+    the interpreter runs a finalizer (a weakref callback, a ``__del__``), Python prints the exception
+    and drops it, and the stage runs on, paid for, to store a result its user cancelled (seen in a
+    test: the signal landed while the model loaded, the job trained to the end). So the stage also
+    asks the server before its work and before its record: the record is never written for a run
+    being cancelled.
+    """
+    if _this_run_is_cancelled():
+        get_run_logger().warning("this run is being cancelled: stopping %s", when)
+        raise TerminationSignal(signal=signal.SIGTERM)
 
 
 def _this_run_is_cancelled() -> bool:

@@ -112,3 +112,28 @@ def test_a_run_stopped_by_its_ttl_warning_counts_as_the_ttl_not_as_a_lost_pod(se
     from infra.worker.pod_outcome import ended_by_ttl
 
     assert ended_by_ttl(seconds, ttl_hours, env) is by_ttl
+
+
+@pytest.mark.parametrize(
+    ("seconds", "recovered", "names"),
+    [
+        (600, True, "stopped from outside the run"),  # a spot pod reclaimed mid-run: lost, recovered
+        (3600 - 300, False, "reached its TTL of 1 h"),  # stopped by the TTL warning: the user's bound
+    ],
+)
+def test_an_engine_that_reports_its_own_crash_gets_the_workers_account_naming_the_pod(seconds, recovered, names):
+    """The pod's engine got SIGTERM and said only "aborted by a termination signal" before the worker
+    saw the pod go: the worker's message names the pod and whether the control tier should recover."""
+    from infra.worker.pod_outcome import PodWatch, engine_crash_message
+
+    watch = PodWatch(pod_id="pod123", placement="1x NVIDIA A40 (SECURE)")
+    message = engine_crash_message(
+        watch,
+        "Execution was aborted by a\ntermination signal.",
+        ttl_hours=1,
+        pod_env={},
+        seconds_since_launch=seconds,
+    )
+    assert "pod123" in message and names in message
+    assert "Execution was aborted by a termination signal." in message  # the engine's own words, on one line
+    assert infrastructure_was_lost(StateType.CRASHED, message) is recovered

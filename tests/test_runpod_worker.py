@@ -164,6 +164,25 @@ def test_a_pod_that_disappears_mid_run_gives_a_crashed_run_and_no_pod_left(reset
     assert stack.emulator.pods() == []
 
 
+def test_a_preempted_pod_whose_engine_reports_first_gives_a_crashed_run_naming_the_pod(reset_runpod_stack):
+    """The pod's engine gets SIGTERM and reports the run Crashed before the pod is seen gone: the run
+    still says which pod stopped under it, and why, not only the engine's "termination signal"."""
+    stack = reset_runpod_stack
+    # The engine run bare (as the training stage keeps Prefect's handler) forces Crashed on SIGTERM.
+    flow_run_id, pod = start_a_long_run(stack, command="python -m prefect.engine")
+
+    stack.emulator.preempt(pod.id)
+
+    flow_run = wait_for_flow_run(flow_run_id, timeout=30)
+    time.sleep(3)  # the worker's account must stay, not flicker in and out
+    flow_run = wait_for_flow_run(flow_run_id, timeout=30)
+    assert flow_run.state.is_crashed(), flow_run.state
+    message = flow_run.state.message
+    assert f"RunPod pod {pod.id}" in message and "stopped from outside the run" in message, message
+    assert "termination signal" in message  # what the engine itself said is kept
+    assert stack.emulator.pods() == []
+
+
 def test_a_pod_whose_container_dies_mid_run_gives_a_crashed_run_without_running_the_flow_twice(
     reset_runpod_stack,
 ):

@@ -143,6 +143,39 @@ def crash_message(
     raise ValueError(f"verdict {verdict} does not crash a run")
 
 
+def engine_crash_message(
+    watch: PodWatch,
+    engine_message: str | None,
+    *,
+    ttl_hours: float,
+    pod_env: dict[str, str | None],
+    seconds_since_launch: float,
+) -> str:
+    """The Crashed state's message for a run whose own engine reported Crashed inside its pod before
+    the worker saw anything wrong (the engine says only "aborted by a termination signal"): which pod,
+    why, and the engine's own words.
+
+    The TTL watchdog's warning stops the run (training checkpoints) and the engine forces a bare
+    Crashed: say it was the TTL, a bound the user set, so it is not recovered. An engine that got a
+    SIGTERM that neither the TTL, the worker nor a cancellation sent was stopped from outside (a spot
+    pod reclaimed, the pod stopped in RunPod's console, a host drained): a lost pod, recovered. Pure.
+    """
+    said = " ".join((engine_message or "no message").split())
+    if ended_by_ttl(seconds_since_launch, ttl_hours, pod_env):
+        return (
+            f"RunPod pod {watch.pod_id} reached its TTL of {ttl_hours:g} h (ttl_hours; the run is stopped at "
+            f"the TTL warning, OW_TTL_WARNING_SECONDS before it); the flow run was cut off ({said})."
+        )
+    last_status = watch.last_seen.describe() if watch.last_seen is not None else "never seen"
+    message = f"The flow run crashed inside RunPod pod {watch.pod_id} on {watch.placement}: {said}"
+    if "termination signal" in said:
+        message += (
+            " Its processes were stopped from outside the run (RunPod reclaimed or stopped the pod, "
+            "or its host failed)"
+        )
+    return message + f"; last known status {last_status}."
+
+
 def ended_by_ttl(seconds_since_launch: float, ttl_hours: float, pod_env: dict[str, str | None]) -> bool:
     """Whether a run whose engine crashed ``seconds_since_launch`` after launch was ended by its pod's TTL.
 

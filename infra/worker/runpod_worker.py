@@ -88,7 +88,7 @@ from infra.worker.pod_outcome import (
     Verdict,
     crash_message,
     decide,
-    ended_by_ttl,
+    engine_crash_message,
     flow_run_phase,
     pod_phase,
 )
@@ -535,6 +535,12 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             except Exception as exc:  # noqa: BLE001 - retried at the next settle check
                 self._logger.warning("Could not mark flow run %s Cancelled (%s)", flow_run_id, exc)
 
+    async def _set_crashed(self, flow_run_id: UUID, message: str) -> None:
+        try:
+            await self.client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+        except Exception as exc:  # noqa: BLE001 - _insist_on_crash tries again
+            self._logger.warning("Could not mark flow run %s Crashed (%s)", flow_run_id, exc)
+
     async def _insist_on_crash(self, flow_run_id: UUID, message: str) -> None:
         """Keep the worker's Crashed message (why the run ended: max_run_hours, the TTL, a lost pod)
         over the one an engine killed by SIGTERM forces ("aborted by a termination signal"): the
@@ -547,12 +553,7 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
                 if state is not None and state.is_final() and state.type is not StateType.CRASHED:
                     return
                 if state is None or state.type is not StateType.CRASHED or state.message != message:
-                    try:
-                        await self.client.set_flow_run_state(
-                            flow_run_id, Crashed(message=message), force=True
-                        )
-                    except Exception as exc:  # noqa: BLE001 - tried again within the window
-                        self._logger.warning("Could not mark flow run %s Crashed (%s)", flow_run_id, exc)
+                    await self._set_crashed(flow_run_id, message)
                 await anyio.sleep(1.0)
 
     async def _await_pod_end(
@@ -622,6 +623,19 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         # A pod already seen gone (lost, or ended with its run) stopped billing at that observation.
         gone_at = time.time() if watch.pod is PodPhase.GONE else None
         cancelled_message = f"Cancelled; the worker is terminating RunPod pod {pod_id}."
+        crash_account = None
+        if verdict is Verdict.FLOW_RUN_FINISHED and final_state is not None and final_state.is_crashed():
+            crash_account = engine_crash_message(
+                watch,
+                final_state.message,
+                ttl_hours=configuration.ttl_hours,
+                pod_env=configuration.env,
+                seconds_since_launch=seconds_since_launch,
+            )
+        if crash_account is not None:
+            # Said before the charge is recorded: the control tier reads the run's state once the
+            # charge is there, to decide on recovery and to list the attempt.
+            await self._set_crashed(flow_run.id, crash_account)
         if verdict is Verdict.CANCEL:
             await self._keep_cancelled(flow_run.id, cancelled_message)
         ended_itself = False
@@ -649,20 +663,10 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             ended_at=gone_at or time.time(),
             logger=logger,
         )
-        if verdict is Verdict.FLOW_RUN_FINISHED and final_state is not None and final_state.is_final():
-            if final_state.type is StateType.CRASHED and ended_by_ttl(
-                seconds_since_launch, configuration.ttl_hours, configuration.env
-            ):
-                # The pod's TTL watchdog stopped the command at its warning (training checkpointed) or
-                # ended the pod; the engine forced a bare Crashed. Say why: a TTL is not recovered.
-                await self._insist_on_crash(
-                    flow_run.id,
-                    f"RunPod pod {pod_id} reached its TTL of {configuration.ttl_hours:g} h (ttl_hours; the run is "
-                    f"stopped at the TTL warning, OW_TTL_WARNING_SECONDS before it); the flow run was cut off "
-                    f"({final_state.message or 'no message'}).",
-                )
-            else:
-                await self._keep_final_state(flow_run.id, final_state, logger)
+        if crash_account is not None:
+            await self._insist_on_crash(flow_run.id, crash_account)
+        elif verdict is Verdict.FLOW_RUN_FINISHED and final_state is not None and final_state.is_final():
+            await self._keep_final_state(flow_run.id, final_state, logger)
         if verdict is Verdict.CANCEL:
             logger.info("Flow run cancelled; RunPod pod %s terminated", pod_id)
             with anyio.move_on_after(CANCEL_SETTLE_SECONDS):

@@ -35,7 +35,7 @@ class _Namespace:
 class Api:
     """``ow.api``: API deployments as context managers (sync and async)."""
 
-    job_type = "serve"  # what deploy() submits (client.api.ApiDeployment)
+    job_type = "api"  # what deploy() submits (client.api.ApiDeployment)
 
     def __init__(self, ow: OpenWeights):
         self._ow = ow

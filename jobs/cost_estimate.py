@@ -105,7 +105,7 @@ def _work(job_type: str, params: Mapping[str, Any], inputs: Mapping[str, InputSi
         samples = int(questions) * int(params.get("epochs") or 1) * _models_evaluated(params)
         tokens = samples * int(params.get("max_tokens") or UNBOUNDED_EVAL_MAX_TOKENS)
         return tokens / GENERATE_TOKENS_PER_SECOND, f"≤{tokens:,.0f} generated tokens at {GENERATE_TOKENS_PER_SECOND:,.0f}/s"
-    if job_type == "serve":
+    if job_type == "api":
         idle = float(params.get("idle_timeout_seconds") or 0)
         return idle, f"{idle / 3600:.2f} h idle timeout (the least a service runs)"
     return None

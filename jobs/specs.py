@@ -173,9 +173,9 @@ def _serve_vram_gb(config: ServeConfig, model_config: dict | None) -> float:
     )
 
 
-SERVE = register(
+API = register(
     JobSpec(
-        job_type="serve",
+        job_type="api",
         id_prefix="apijob",
         params_model=ServeConfig,
         stage="compute.serving.stage:run_serve_stage",

@@ -40,7 +40,7 @@ def wait_until_final(
             raise TimeoutError(f"flow run {flow_run.name} ({flow_run_id}) is still {flow_run.state_name}")
         window = recheck_seconds if remaining is None else max(1.0, min(recheck_seconds, remaining))
         try:
-            return run_coro_as_sync(wait_for_flow_run(flow_run_id, timeout=int(window) or 1))
+            return run_coro_as_sync(wait_for_flow_run(flow_run_id, timeout=int(window)))
         except FlowRunWaitTimeout:
             continue
         except Exception:  # noqa: BLE001 - the event stream is an optimisation; reading the run still works

@@ -227,7 +227,7 @@ FINETUNE = {"max_seq_length": 2048, "per_device_train_batch_size": 2, "gradient_
         # 50 questions × 2 models × 100 tokens = 10 s
         ("eval-mmlu-pro", {"max_tokens": 100, "limit": 50, "lora_adapters": ["a"], "include_base_model": True}, {}, STARTUP_HOURS + 10 / 3600),
         ("eval-mmlu-pro", {"max_tokens": 100, "limit": None}, {"dataset_file": InputSize(rows=36, bytes=1)}, STARTUP_HOURS + 3.6 / 3600),
-        ("serve", {"idle_timeout_seconds": 900}, {}, STARTUP_HOURS + 0.25),
+        ("api", {"idle_timeout_seconds": 900}, {}, STARTUP_HOURS + 0.25),
         ("custom", {"entrypoint": ["python", "x.py"]}, {}, STARTUP_HOURS),
         ("eval-inspect", {"limit": None}, {}, STARTUP_HOURS),
     ],
@@ -264,7 +264,7 @@ def test_the_price_is_that_of_the_cheapest_gpu_that_fits(pricing, min_vram_gb, a
 
 
 def test_the_estimate_is_price_times_hours_or_the_users_max_cost():
-    run_time = estimated_run_time("serve", {"idle_timeout_seconds": 2700}, {})  # 1 h with start-up
+    run_time = estimated_run_time("api", {"idle_timeout_seconds": 2700}, {})  # 1 h with start-up
     pod = cheapest_fitting_pod(POOL, 40)
     estimate = estimate_job_cost(run_time, pod)
     assert estimate.usd == pytest.approx(0.40)

@@ -33,7 +33,7 @@ MMLU_FILE = "mmlu_pro:file-" + "cd" * 32
 MINIMAL_PARAMS = {
     "finetune": {"model": "org/base", "training_file": CONVERSATIONS},
     "inference": {"model": "org/base", "input_file": CONVERSATIONS},
-    "serve": {"model": "org/base"},
+    "api": {"model": "org/base"},
     "eval-inspect": {"model": "org/base", "eval_name": "inspect_evals/gpqa_diamond"},
     "eval-mmlu-pro": {"model": "org/base", "dataset_file": MMLU_FILE},
     "custom": {"name": "word_count", "entrypoint": ["python", "word_count.py"]},

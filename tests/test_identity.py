@@ -150,7 +150,7 @@ def test_every_job_id_a_spec_makes_has_the_job_id_shape():
 
     plain = _finetune_id()
     suffixed = _finetune_id(job_id_suffix="try-2.b_c")
-    service = compute_job_id("serve", {}, [], "v", prefix="apijob") + "-0a1b2c3d"
+    service = compute_job_id("api", {}, [], "v", prefix="apijob") + "-0a1b2c3d"
     for job_id, prefix in ((plain, "ftjob"), (suffixed, "ftjob"), (service, "apijob")):
         assert check_job_id(job_id, prefix=prefix) == job_id
     assert INFERENCE.id_prefix == "inferencejob"

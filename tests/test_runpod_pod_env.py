@@ -123,10 +123,10 @@ def test_the_serve_gpu_stages_pod_is_created_declaring_the_port_its_api_is_publi
         "deployments"
     ]
     (serve,) = [
-        d for d in deployments if d["name"] == "serve" and d["entrypoint"] == "flows.gpu_stage:gpu_stage"
+        d for d in deployments if d["name"] == "api" and d["entrypoint"] == "flows.gpu_stage:gpu_stage"
     ]
     deployment = deploy_to_pool(runpod_flows.say_hello, stack.pool.name, **serve["job_variables"])
-    flow_run_id = submit(deployment, {"name": "serve"}, min_vram_gb=16)  # as the control tier launches it
+    flow_run_id = submit(deployment, {"name": "api"}, min_vram_gb=16)  # as the control tier launches it
 
     assert wait_for_flow_run(flow_run_id).state.is_completed()
     (pod,) = pods_of(stack.emulator, flow_run_id)

@@ -245,7 +245,7 @@ def test_the_serve_gpu_stage_declares_the_port_it_publishes():
 
     deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
     (serve,) = [
-        d for d in deployments if d["name"] == "serve" and d["entrypoint"] == "flows.gpu_stage:gpu_stage"
+        d for d in deployments if d["name"] == "api" and d["entrypoint"] == "flows.gpu_stage:gpu_stage"
     ]
     template = RunPodWorker.get_default_base_job_template()
     configuration = anyio.run(

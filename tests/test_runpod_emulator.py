@@ -241,8 +241,11 @@ def test_termination_kills_the_whole_process_tree_even_new_sessions(api, runpod_
 
 
 def test_a_pod_terminating_itself_gets_its_answer_before_it_is_torn_down(api, runpod_emulator):
+    # Like the pod's entrypoint, the process handles SIGTERM (here: by carrying on), so the teardown's
+    # SIGTERM cannot cut it off between reading the answer and printing it; SIGKILL follows the grace.
     code = (
-        "import os, time, httpx\n"
+        "import os, signal, time, httpx\n"
+        "signal.signal(signal.SIGTERM, lambda *_: None)\n"
         "url = os.environ['EMULATOR_URL'] + '/v2/pods/' + os.environ['RUNPOD_POD_ID']\n"
         "headers = {'Authorization': 'Bearer ' + os.environ['RUNPOD_API_KEY']}\n"
         "print('answer', httpx.delete(url, headers=headers).status_code, flush=True)\n"

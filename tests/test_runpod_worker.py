@@ -183,6 +183,21 @@ def test_a_preempted_pod_whose_engine_reports_first_gives_a_crashed_run_naming_t
     assert stack.emulator.pods() == []
 
 
+def test_a_run_cancelled_and_then_crashed_between_two_polls_ends_cancelled_not_crashed(reset_runpod_stack):
+    """The user cancels; before the worker's next poll the pod's engine is stopped and forces Crashed.
+    The run ends Cancelled (a Crashed stage would be recovered by its job's control flow)."""
+    stack = reset_runpod_stack
+    flow_run_id, pod = start_a_long_run(stack, command="python -m prefect.engine", poll_interval_seconds=20)
+
+    cancel_from_the_cli(flow_run_id)
+    stack.emulator.preempt(pod.id)  # SIGTERM: the bare engine forces Crashed
+
+    wait_for_flow_run(flow_run_id, timeout=60, until=lambda run: run.state.is_cancelled())
+    time.sleep(3)
+    assert wait_for_flow_run(flow_run_id, timeout=30).state.is_cancelled()
+    assert stack.emulator.pods() == []
+
+
 def test_a_pod_whose_container_dies_mid_run_gives_a_crashed_run_without_running_the_flow_twice(
     reset_runpod_stack,
 ):

@@ -535,6 +535,15 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             except Exception as exc:  # noqa: BLE001 - retried at the next settle check
                 self._logger.warning("Could not mark flow run %s Cancelled (%s)", flow_run_id, exc)
 
+    async def _was_cancelling(self, flow_run_id: UUID) -> bool:
+        """Whether the run was ever Cancelling (False when Prefect cannot say)."""
+        try:
+            states = await self.client.read_flow_run_states(flow_run_id)
+        except Exception as exc:  # noqa: BLE001 - the crash stands as the engine reported it
+            self._logger.warning("Cannot read the states of flow run %s (%s)", flow_run_id, exc)
+            return False
+        return any(state.type is StateType.CANCELLING for state in states)
+
     async def _set_crashed(self, flow_run_id: UUID, message: str) -> None:
         try:
             await self.client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
@@ -623,6 +632,15 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         # A pod already seen gone (lost, or ended with its run) stopped billing at that observation.
         gone_at = time.time() if watch.pod is PodPhase.GONE else None
         cancelled_message = f"Cancelled; the worker is terminating RunPod pod {pod_id}."
+        if (
+            verdict is Verdict.FLOW_RUN_FINISHED
+            and final_state is not None
+            and final_state.is_crashed()
+            and await self._was_cancelling(flow_run.id)
+        ):
+            # Cancelled between two polls: its engine, stopped for the cancellation, forced Crashed.
+            # A cancellation is the user's decision, never a lost pod to recover.
+            verdict = Verdict.CANCEL
         crash_account = None
         if verdict is Verdict.FLOW_RUN_FINISHED and final_state is not None and final_state.is_crashed():
             crash_account = engine_crash_message(

@@ -26,6 +26,8 @@ export TOKENIZERS_PARALLELISM ?= false
 TEST_WORKERS ?= 2
 # More pytest options, e.g. PYTEST_ARGS=--record-module-seconds to re-time the modules after a run.
 PYTEST_ARGS ?=
+# The slowest tests are listed at the end of every run (CI's log included): where make test's time goes.
+TEST_DURATIONS ?= 20
 
 .PHONY: help install demo start test stop lint lock clean
 
@@ -55,7 +57,7 @@ start: install
 	$(BIN)/python scripts/services.py start
 
 test: install browser
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=$(TEST_DURATIONS) $(PYTEST_ARGS)
 
 # tests/test_browser.py opens the Prefect UI in Debian's headless Chromium, driven through its
 # chromedriver (no browser download). Installed once where it is missing and apt-get can (as root).

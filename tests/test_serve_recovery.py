@@ -95,7 +95,9 @@ def wait_for_record(store: ArtifactStore, status: str, attempt: int, timeout: fl
 def test_a_recovered_attempt_keeps_the_token_and_updates_the_record_in_place(tiny_model_dir, tmp_path):
     store, secrets = ArtifactStore(str(tmp_path / "store")), Secrets()
     lost = lost_attempt(store, secrets)
-    config = ServeConfig(model=str(tiny_model_dir), idle_timeout_seconds=3)
+    # Idle long enough for the question to arrive on a loaded machine (3 s was not, once), short
+    # enough for the stage to end by its idle timeout in the test.
+    config = ServeConfig(model=str(tiny_model_dir), idle_timeout_seconds=10)
 
     thread, outcome = serve_in_background(config, secrets.context(store, tmp_path))
     serving = wait_for_record(store, "serving", attempt=2)

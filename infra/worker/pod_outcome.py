@@ -106,6 +106,11 @@ class PodWatch:
     pod: PodPhase = PodPhase.UNKNOWN
     flow_run_state: StateType | None = None
 
+    @property
+    def last_status(self) -> str:
+        """The pod's status as RunPod last described it, for messages."""
+        return self.last_seen.describe() if self.last_seen is not None else "never seen"
+
     def observe(self, pod: Pod | None, phase: PodPhase) -> None:
         self.pod = phase
         if pod is not None:
@@ -123,7 +128,7 @@ def crash_message(
 ) -> str:
     """The Crashed state's message for a verdict that crashes the run: which pod, what happened, and
     the pod's last known status, naming the job variable involved."""
-    last_status = watch.last_seen.describe() if watch.last_seen is not None else "never seen"
+    last_status = watch.last_status
     pod = f"RunPod pod {watch.pod_id} on {watch.placement}"
     if verdict is Verdict.POD_LOST:
         failed = watch.last_seen is not None and watch.last_seen.status is PodStatus.ERROR
@@ -166,7 +171,7 @@ def engine_crash_message(
             f"RunPod pod {watch.pod_id} reached its TTL of {ttl_hours:g} h (ttl_hours; the run is stopped at "
             f"the TTL warning, OW_TTL_WARNING_SECONDS before it); the flow run was cut off ({said})."
         )
-    last_status = watch.last_seen.describe() if watch.last_seen is not None else "never seen"
+    last_status = watch.last_status
     message = f"The flow run crashed inside RunPod pod {watch.pod_id} on {watch.placement}: {said}"
     if "termination signal" in said:
         message += (

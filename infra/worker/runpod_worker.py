@@ -632,17 +632,15 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         # A pod already seen gone (lost, or ended with its run) stopped billing at that observation.
         gone_at = time.time() if watch.pod is PodPhase.GONE else None
         cancelled_message = f"Cancelled; the worker is terminating RunPod pod {pod_id}."
-        if (
-            verdict is Verdict.FLOW_RUN_FINISHED
-            and final_state is not None
-            and final_state.is_crashed()
-            and await self._was_cancelling(flow_run.id)
-        ):
+        engine_crashed = (
+            verdict is Verdict.FLOW_RUN_FINISHED and final_state is not None and final_state.is_crashed()
+        )
+        if engine_crashed and await self._was_cancelling(flow_run.id):
             # Cancelled between two polls: its engine, stopped for the cancellation, forced Crashed.
             # A cancellation is the user's decision, never a lost pod to recover.
-            verdict = Verdict.CANCEL
+            verdict, engine_crashed = Verdict.CANCEL, False
         crash_account = None
-        if verdict is Verdict.FLOW_RUN_FINISHED and final_state is not None and final_state.is_crashed():
+        if engine_crashed:
             crash_account = engine_crash_message(
                 watch,
                 final_state.message,

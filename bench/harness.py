@@ -50,9 +50,13 @@ def embedded_stack():
 
         load_store_block()
         env = local_stack.worker_env()
-        for pool, name in ((local_stack.CONTROL_POOL, "control"), (local_stack.GPU_POOL, "gpu")):
-            local_stack.ensure_process_pool(pool)
-            processes.append(local_stack.start_worker(pool, "process", HOME / "logs" / f"worker-{name}.log", env=env))
+        local_stack.ensure_control_pool()
+        local_stack.ensure_process_pool(local_stack.GPU_POOL)
+        for pool, name, worker_type in (
+            (local_stack.CONTROL_POOL, "control", local_stack.CONTROL_WORKER_TYPE),
+            (local_stack.GPU_POOL, "gpu", "process"),
+        ):
+            processes.append(local_stack.start_worker(pool, worker_type, HOME / "logs" / f"worker-{name}.log", env=env))
         local_stack.deploy_project(env=env)
         yield
     finally:

@@ -60,10 +60,10 @@ def runpod_stack():
                 name=local_stack.GPU_POOL,
                 env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
             )
-            local_stack.ensure_process_pool(local_stack.CONTROL_POOL)
+            local_stack.ensure_control_pool()
             env = local_stack.worker_env()
             processes.append(
-                local_stack.start_worker(local_stack.CONTROL_POOL, "process", HOME / "logs" / "control.log", env=env)
+                local_stack.start_worker(local_stack.CONTROL_POOL, local_stack.CONTROL_WORKER_TYPE, HOME / "logs" / "control.log", env=env)
             )
             gpu_worker = start_worker_process(local_stack.GPU_POOL, HOME / "logs")
             processes.append(gpu_worker.process)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
+from jobs.environment import environ as run_environ
 from store.artifact_store import ArtifactStore
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ STORE_BLOCK_ENV = "OW_STORE_BLOCK"
 
 
 def store_block_name() -> str:
-    return os.environ.get(STORE_BLOCK_ENV) or DEFAULT_BLOCK_NAME
+    return run_environ().get(STORE_BLOCK_ENV) or DEFAULT_BLOCK_NAME
 
 
 def s3_storage_options(

@@ -33,6 +33,7 @@ from jobs.records import JobRecord, stale_reason
 from jobs.registry import get_job_spec
 from jobs.tags import job_tag, job_type_tag
 from tasks.job_control import (
+    cancelled_outcome,
     identify_job,
     launch_gpu_stage,
     launch_service_stage,
@@ -110,6 +111,10 @@ def submit_job(job_type: str, raw_params: dict[str, Any]) -> dict[str, Any] | St
         else launch_service_stage.with_options(**recovery)
     )
     state = stage(job_id, job_type, params, job_variables, rerun=bool(rerun), return_state=True)
+    stopped = cancelled_outcome(state)
+    if stopped is not None:  # cancelled while it waited (a thread of the control worker gets no signal)
+        logger.info("%s", stopped.message)
+        return stopped
     gave_up = lost_stage_outcome(job_id, job_type, state)
     if gave_up is not None:
         # Lost on every attempt: the infrastructure failed, not the job, so the run ends Crashed

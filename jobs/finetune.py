@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import math
 import operator
-import os
 import string
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from jobs.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
 from jobs.datasets import WEIGHTED_CONVERSATIONS
+from jobs.environment import environ as run_environ
 from jobs.file_ids import FileId
 from jobs.hardware import AllowedHardware, ContainerImage, HardwareRequest, RequiredVramGb
 from jobs.identity import JobIdSuffix
@@ -324,14 +324,15 @@ def hf_org_setting(environ: Mapping[str, str], variable: str | None) -> str | No
 def configured_hf_org() -> str | None:
     """The configured Hugging Face organisation (see :func:`hf_org_setting`); None when none is set."""
     variable = None
-    if not os.environ.get(HF_ORG_ENV):
+    environ = run_environ()
+    if not environ.get(HF_ORG_ENV):
         try:
             from prefect.variables import Variable
 
             variable = Variable.get(HF_ORG_VARIABLE, default=None)
         except Exception:  # no reachable Prefect API: the env values still count
             variable = None
-    return hf_org_setting(os.environ, variable if isinstance(variable, str) else None)
+    return hf_org_setting(environ, variable if isinstance(variable, str) else None)
 
 
 def missing_hub_org(config: BaseModel, org_id: str | None) -> str | None:

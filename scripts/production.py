@@ -83,7 +83,8 @@ def start(database_url: str, redis_url: str, *, port: int, host: str, api_worker
             print(f"worker for {pool}: already running")
             continue
         log = LOG_DIR / f"worker-{name}.log"
-        process = local_stack.start_worker(pool, "process", log, env=env, name=f"production-{name}", detach=True)
+        worker_type = local_stack.CONTROL_WORKER_TYPE if name == "control" else "process"
+        process = local_stack.start_worker(pool, worker_type, log, env=env, name=f"production-{name}", detach=True)
         write_pid(RUN_DIR, f"worker-{name}", process.pid)
         print(f"worker for {pool}: started (log: {log})")
     print(f"export PREFECT_API_URL={url}   # for prefect and ow in your shell")
@@ -95,7 +96,7 @@ def setup(gpu_pool_type: str) -> None:
     from blocks.storage import load_store_block
 
     print(f"artifact store: {load_store_block().base_url}")
-    local_stack.ensure_process_pool(local_stack.CONTROL_POOL)
+    local_stack.ensure_control_pool()
     if gpu_pool_type == "process":
         local_stack.ensure_process_pool(local_stack.GPU_POOL)
     elif _ensure_runpod_pool(local_stack.GPU_POOL):
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "worker":
         if args.tier is None:
             parser.error("worker needs a tier: control or gpu")
-        run_worker(args.tier, "process" if args.tier == "control" else args.gpu_pool_type)
+        run_worker(args.tier, local_stack.CONTROL_WORKER_TYPE if args.tier == "control" else args.gpu_pool_type)
     elif args.command == "stop":
         stop()
     else:

@@ -33,7 +33,7 @@ PORT = int(os.environ.get("OW_PREFECT_PORT", "4200"))
 API_URL = os.environ.get("PREFECT_API_URL") or local_stack.api_url(PORT)
 PROFILES_PATH = os.environ.get("OW_PREFECT_PROFILES_PATH")
 WORKERS = {
-    "control": (local_stack.CONTROL_POOL, "process"),
+    "control": (local_stack.CONTROL_POOL, local_stack.CONTROL_WORKER_TYPE),
     "gpu": (local_stack.GPU_POOL, "process"),
 }
 
@@ -64,7 +64,10 @@ def start() -> None:
 
     env = local_stack.worker_env()
     for name, (pool, worker_type) in WORKERS.items():
-        local_stack.ensure_process_pool(pool)
+        if pool == local_stack.CONTROL_POOL:
+            local_stack.ensure_control_pool()
+        else:
+            local_stack.ensure_process_pool(pool)
         if running_pid(RUN_DIR, f"worker-{name}"):
             print(f"worker for {pool}: already running")
             continue

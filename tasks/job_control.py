@@ -22,7 +22,6 @@ state: Crashed, listing each attempt's stage run, pod and why it ended.
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -40,15 +39,16 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
-from prefect.states import Cancelling, Crashed, State
+from prefect.states import Cancelled, Cancelling, Crashed, State
 from pydantic import BaseModel
 
 from blocks.storage import load_artifact_store, store_block_name
+from jobs.environment import environ as run_environ
 from jobs.registry import GPU_STAGE_FLOW_NAME, get_job_spec, gpu_deployment_name
 from jobs.tags import deployment_tag, inherited_tags, job_tag, job_type_tag
 from jobs.validation import check_inputs, validate_params
 from tasks.job_cost import record_with_cost
-from tasks.run_waits import wait_until_final
+from tasks.run_waits import ControlRunCancelled, wait_until_final
 
 FAILED_STATES = [StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
 
@@ -84,7 +84,7 @@ def infrastructure_was_lost(state_type: StateType | None, message: str | None) -
 
 def max_recoveries(environ: dict[str, str] | None = None) -> int:
     """``OW_MAX_RECOVERIES`` (0–10, default 3): how many times a lost GPU stage is started again."""
-    raw = (environ if environ is not None else os.environ).get(MAX_RECOVERIES_ENV, "").strip()
+    raw = (environ if environ is not None else run_environ()).get(MAX_RECOVERIES_ENV, "").strip()
     if not raw:
         return DEFAULT_MAX_RECOVERIES
     if not raw.isdigit() or int(raw) > 10:
@@ -95,7 +95,7 @@ def max_recoveries(environ: dict[str, str] | None = None) -> int:
 def recovery_delays(environ: dict[str, str] | None = None) -> list[float]:
     """``OW_RECOVERY_DELAY_SECONDS``: seconds to wait before each recovery, comma-separated (the last
     repeats; default ``10,60,300``). The wait lets a flaky host or a stock-out pass; tests shorten it."""
-    raw = (environ if environ is not None else os.environ).get(RECOVERY_DELAYS_ENV, "").strip()
+    raw = (environ if environ is not None else run_environ()).get(RECOVERY_DELAYS_ENV, "").strip()
     if not raw:
         return list(DEFAULT_RECOVERY_DELAYS_S)
     try:
@@ -276,11 +276,16 @@ def _other_submissions_waiting(job_id: str) -> bool:
 
 
 def _cancel_if_running(flow_run_id) -> None:
+    """Cancel the stage run unless it is final: Cancelling once a worker has it (the worker stops its pod
+    and ends it), Cancelled at once while it waits to be picked up (no worker would end it)."""
+    message = "its job's control flow stopped"
     try:
         with get_client(sync_client=True) as client:
             flow_run = client.read_flow_run(flow_run_id)
-            if flow_run.state is not None and not flow_run.state.is_final():
-                client.set_flow_run_state(flow_run_id, Cancelling(message="its job's control flow stopped"))
+            if flow_run.state is None or flow_run.state.is_final():
+                return
+            not_started = flow_run.state.type is StateType.SCHEDULED and not flow_run.infrastructure_pid
+            client.set_flow_run_state(flow_run_id, Cancelled(message=message) if not_started else Cancelling(message=message))
     except Exception:  # noqa: BLE001 - best effort while already failing; the worker's sweep is the backstop
         pass
 
@@ -342,6 +347,15 @@ def lost_stage_outcome(job_id: str, job_type: str, stage_state: State) -> State 
     if not stage_state.is_failed() or GpuStageLost.__name__ not in (stage_state.message or ""):
         return None
     return Crashed(message=describe_lost_attempts(job_id, _stage_attempts(job_id, job_type, stage_state)))
+
+
+def cancelled_outcome(stage_state: State) -> State | None:
+    """The control flow's final state when it was cancelled while it waited for its GPU stage (the wait
+    raised :class:`ControlRunCancelled`; the stage was cancelled unless another submission waits on
+    it): Cancelled. ``None`` for any other outcome of the gpu-stage task."""
+    if not stage_state.is_failed() or ControlRunCancelled.__name__ not in (stage_state.message or ""):
+        return None
+    return Cancelled(message="The job's control flow was cancelled while its GPU stage ran.")
 
 
 def _stage_attempts(job_id: str, job_type: str, stage_state: State) -> list[StageAttempt]:

@@ -20,7 +20,8 @@ def test_tiny_model_loads_like_a_hub_model(tiny_model_dir):
 
 
 def test_local_pools_start_the_engine_with_the_workers_interpreter(ow_stack):
-    """The pools name the engine command (no workspace-supervisor process per run), and `python`
+    """The GPU pool names the engine command (no workspace-supervisor process per run), the control
+    pool is a `threads` pool, and `python`
     on the workers' PATH is the interpreter this project is installed in."""
     import shutil
     import subprocess
@@ -29,9 +30,10 @@ def test_local_pools_start_the_engine_with_the_workers_interpreter(ow_stack):
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        for pool in (local_stack.CONTROL_POOL, local_stack.GPU_POOL):
-            template = client.read_work_pool(pool).base_job_template
-            assert template["variables"]["properties"]["command"]["default"] == local_stack.ENGINE_COMMAND
+        template = client.read_work_pool(local_stack.GPU_POOL).base_job_template
+        assert template["variables"]["properties"]["command"]["default"] == local_stack.ENGINE_COMMAND
+        # The control flows start no process at all: threads of one worker.
+        assert client.read_work_pool(local_stack.CONTROL_POOL).type == local_stack.CONTROL_WORKER_TYPE
     env = local_stack.worker_env()
     python = shutil.which("python", path=env["PATH"])
     found = subprocess.run([python, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True, check=True)

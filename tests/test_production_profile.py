@@ -5,7 +5,8 @@ behind one URL, the background services in a third process, a database and a Red
 own (``tests/fixtures/production.py``). Through it, the paths that matter at scale: a fine-tuning job
 from submission to result, its cache hit, identical submissions at once training once, a
 cancellation reaching the GPU stage, events crossing from one API process to another through Redis,
-and the ``runpod`` worker launching into the emulator.
+the ``runpod`` worker launching into the emulator, and a hundred jobs waiting on the control worker
+(a thread each, not a process) and cancelled while they wait.
 """
 
 from __future__ import annotations
@@ -18,12 +19,21 @@ from pathlib import Path
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolUpdate
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterTags,
+)
 from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelling, Running
+from pydantic import BaseModel
 
 from infra.local import stack as local_stack
 from tests import runpod_flows
-from tests.fixtures.jobs import FAST_SFT, assert_trained_once, submit_at_once
+from tests.fixtures.jobs import FAST_SFT, assert_trained_once, register_script_job, submit_at_once
 from tests.fixtures.production import ProductionStack
 from tests.fixtures.runpod import (
     create_runpod_pool,
@@ -201,3 +211,116 @@ async def _first_running_event(flow_run_id, trigger, timeout: float = 60):
             async for event in subscriber:
                 return event
     raise AssertionError("the subscription ended without an event")
+
+
+# -- the control tier at scale: jobs waiting cost a thread each, not a process ---------------------
+
+WAITING_FIRST, WAITING_MORE = 10, 90  # jobs waiting at the first and at the second measurement
+MB_PER_WAITING_JOB_TARGET = 5.0
+
+
+class _WaitParams(BaseModel):
+    word: str
+
+
+@pytest.fixture
+def paused_gpu_pool(production_stack):
+    """The GPU pool paused: every job's GPU stage stays Scheduled and its control flow waits for it, as
+    a fine-tune's does for hours. Resumed afterwards."""
+    with get_client(sync_client=True) as client:
+        client.update_work_pool(local_stack.GPU_POOL, WorkPoolUpdate(is_paused=True))
+    try:
+        yield
+    finally:
+        with get_client(sync_client=True) as client:
+            client.update_work_pool(local_stack.GPU_POOL, WorkPoolUpdate(is_paused=False))
+
+
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+def _submit_custom(job_class, words: list[str]) -> list:
+    from client import OpenWeights
+
+    ow = OpenWeights()
+    definitions = [job_class(ow).definition(word=word) for word in words]
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("custom/run")
+        return [
+            client.create_flow_run_from_deployment(deployment.id, parameters=definition, name=f"wait-{word}")
+            for word, definition in zip(words, definitions, strict=True)
+        ]
+
+
+def _runs(ids) -> list:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(ids))), limit=200)
+
+
+def _stage_runs_of(control_runs) -> list:
+    job_tags = sorted({tag for run in control_runs for tag in run.tags if tag.startswith("ow-job:")})
+    if not job_tags:
+        return []
+    with get_client(sync_client=True) as client:
+        stage = client.read_deployment_by_name("gpu-stage/custom")
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[stage.id])),
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(any_=job_tags)),
+            limit=200,
+        )
+
+
+def _until_all_wait(control_runs, timeout: float = 300) -> None:
+    """Until every control run is Running and its GPU stage exists (Scheduled: the pool is paused)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = _runs(run.id for run in control_runs)
+        ended = [(run.name, run.state_name, run.state.message) for run in runs if run.state.is_final()]
+        assert not ended, ended
+        running = [run for run in runs if run.state_type == StateType.RUNNING]
+        if len(running) == len(control_runs) and len(_stage_runs_of(running)) == len(control_runs):
+            return
+        assert time.monotonic() < deadline, f"{len(running)} of {len(control_runs)} control runs waiting"
+        time.sleep(1)
+
+
+def test_jobs_waiting_for_their_gpu_stage_cost_the_control_worker_a_thread_each_and_still_cancel(
+    production_stack, paused_gpu_pool, tmp_path
+):
+    script = tmp_path / "wait.py"
+    script.write_text("print('not reached: the GPU pool is paused')\n")
+    job_class = register_script_job("wait_test", script, _WaitParams)
+    worker = int((production_stack.home / "run" / "worker-control.pid").read_text())
+
+    first = _submit_custom(job_class, [f"a{i}" for i in range(WAITING_FIRST)])
+    _until_all_wait(first)
+    time.sleep(2)
+    rss_first = _rss_mb(worker)
+    more = _submit_custom(job_class, [f"b{i}" for i in range(WAITING_MORE)])
+    _until_all_wait(first + more)
+    time.sleep(2)
+    rss_all = _rss_mb(worker)
+    per_job = (rss_all - rss_first) / WAITING_MORE
+    print(
+        f"control worker: {rss_first:.1f} MB with {WAITING_FIRST} jobs waiting, {rss_all:.1f} MB with "
+        f"{WAITING_FIRST + WAITING_MORE}: {per_job:.2f} MB per job"
+    )
+    assert per_job < MB_PER_WAITING_JOB_TARGET
+    assert _children(worker) == []  # no process per flow run
+
+    # Cancelled while waiting: each control run ends Cancelled, and so does the GPU stage it started.
+    with get_client(sync_client=True) as client:
+        for run in first + more:
+            client.set_flow_run_state(run.id, Cancelling(message="cancelled by the test"))
+    deadline = time.monotonic() + 180
+    while True:
+        runs = _runs(run.id for run in first + more)
+        if all(run.state_type == StateType.CANCELLED for run in runs):
+            break
+        assert time.monotonic() < deadline, sorted({run.state_name for run in runs})
+        time.sleep(1)
+    stages = _stage_runs_of(runs)
+    assert len(stages) == WAITING_FIRST + WAITING_MORE
+    assert {stage.state_type for stage in stages} == {StateType.CANCELLED}  # none left Cancelling

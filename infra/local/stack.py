@@ -171,6 +171,9 @@ def stop_process(pid: int, timeout: float = 15.0) -> bool:
 
 CONTROL_POOL = "ow-control"
 GPU_POOL = "ow-gpu"
+# The control flows run as threads of one worker process (infra.worker.thread_worker): a job waiting
+# for its GPU stage costs a thread, not a process.
+CONTROL_WORKER_TYPE = "threads"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -209,8 +212,33 @@ def process_pool_template() -> dict:
     return template
 
 
+def ensure_control_pool() -> bool:
+    """Create the ``ow-control`` pool (type :data:`CONTROL_WORKER_TYPE`) unless it exists; True if created.
+
+    A ``process`` pool of that name (made before the control flows ran as threads) is replaced: Prefect
+    cannot change a pool's type, and its job template does not fit the ``threads`` worker. Deploying
+    the project afterwards attaches the control deployments to the new pool.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from infra.worker.thread_worker import ThreadWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            if client.read_work_pool(CONTROL_POOL).type != CONTROL_WORKER_TYPE:
+                client.delete_work_pool(CONTROL_POOL)
+        except ObjectNotFound:
+            pass
+    return _ensure_pool(CONTROL_POOL, CONTROL_WORKER_TYPE, ThreadWorker.get_default_base_job_template(), None)
+
+
 def ensure_process_pool(name: str, concurrency_limit: int | None = None) -> bool:
     """Create a ``process`` work pool unless it exists; True if it was created."""
+    return _ensure_pool(name, "process", process_pool_template(), concurrency_limit)
+
+
+def _ensure_pool(name: str, pool_type: str, template: dict, concurrency_limit: int | None) -> bool:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -225,8 +253,8 @@ def ensure_process_pool(name: str, concurrency_limit: int | None = None) -> bool
             client.create_work_pool(
                 WorkPoolCreate(
                     name=name,
-                    type="process",
-                    base_job_template=process_pool_template(),
+                    type=pool_type,
+                    base_job_template=template,
                     concurrency_limit=concurrency_limit,
                 )
             )

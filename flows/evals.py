@@ -19,12 +19,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.deployments import run_deployment
+from prefect.states import Cancelled, State
 from prefect.variables import Variable
 
 from flows.job_flow import job_flow
 from jobs.sweeps import SweepConfig, SweepEval, evaluation_jobs
 from store.layout import result_key
-from tasks.run_waits import wait_until_final
+from tasks.run_waits import ControlRunCancelled, wait_until_final
 
 eval_inspect = job_flow("eval-inspect", "eval", module=__name__)
 eval_mmlu_pro = job_flow("eval-mmlu-pro", "eval", module=__name__)
@@ -36,7 +37,7 @@ def eval_sweep(
     sweep_name: str = "nightly",
     models: list[str] | None = None,
     evals: list[SweepEval] | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """Evaluate every model on every evaluation; unchanged (model, evaluation) pairs are not re-run.
 
     Args:
@@ -69,7 +70,11 @@ def eval_sweep(
             logger.info("%s on %s: running as flow run %s", job.eval.name, ", ".join(job.models), submitted[job.job_id].name)
     failures = []
     for flow_run in submitted.values():
-        final = wait_until_final(flow_run.id)
+        try:
+            final = wait_until_final(flow_run.id)
+        except ControlRunCancelled:
+            # The evaluations go on: each is a job of its own, as if submitted by hand.
+            return Cancelled(message=f"sweep {sweep_name} cancelled; its {len(submitted)} evaluation job(s) go on")
         if not final.state.is_completed():
             failures.append(f"{final.name}: {final.state_name} ({final.state.message})")
     table = comparison_table(config, planned, store)

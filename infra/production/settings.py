@@ -63,6 +63,10 @@ def redis_url(url: str) -> str:
     return url.strip()
 
 
+DATABASE_POOL_SIZE = 10
+DATABASE_MAX_OVERFLOW = 15
+
+
 def server_settings(database_url: str, redis: str) -> dict[str, str]:
     """The Prefect settings (as environment variables) of every process of a production server:
     the migration, the API processes and the services process."""
@@ -73,6 +77,12 @@ def server_settings(database_url: str, redis: str) -> dict[str, str]:
         # them (infra/production/database.py); done by each, they race on a fresh database.
         "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",
         "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+        # Each process's connections to PostgreSQL. Prefect's 5 (+10 overflow) ran out with 1,000 jobs
+        # in flight (bench/scale.py: "QueuePool limit of size 5 overflow 10 reached", answered 500, and
+        # two jobs failed); 10 + 15 per process keeps two API processes and the services within
+        # PostgreSQL's default max_connections of 100.
+        "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": str(DATABASE_POOL_SIZE),
+        "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": str(DATABASE_MAX_OVERFLOW),
         "PREFECT_MESSAGING_BROKER": REDIS_MESSAGING,
         "PREFECT_MESSAGING_CACHE": REDIS_MESSAGING,
         "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": REDIS_ORDERING,

@@ -59,8 +59,10 @@ from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.responses import WorkerFlowRunResponse
 
 THREADS_WORKER_TYPE = "threads"
+_SUBMISSIONS_PER_POLL = 20  # new runs taken per poll (see ThreadWorker._get_scheduled_flow_runs)
 _MAX_THREADS = 10_000  # without --limit; anyio's default of 40 threads would queue the 41st waiting job
 
 
@@ -139,6 +141,19 @@ class ThreadWorker(BaseWorker[ThreadJobConfiguration, ThreadVariables, ThreadWor
         _share_nothing_per_run_with_the_server()
         await super().setup()
         await self._crash_runs_of_dead_workers()
+
+    async def _get_scheduled_flow_runs(self) -> list[WorkerFlowRunResponse]:
+        """At most :data:`_SUBMISSIONS_PER_POLL` runs not already being submitted, per poll.
+
+        Prefect's worker submits every scheduled run it finds at once, each with ~8 requests through
+        one client of 16 connections. A process worker never finds hundreds (each would be a process);
+        this one does, when a sweep submits 1,000 jobs, and 600 runs submitted together wedged that
+        client's connection pool (requests waiting for a connection, none coming back). Taking a
+        batch per poll (every ``PREFECT_WORKER_QUERY_SECONDS``) keeps the pool flowing; the rest stay
+        Scheduled for the next poll."""
+        runs = await super()._get_scheduled_flow_runs()
+        fresh = [run for run in runs if run.flow_run.id not in self._submitting_flow_run_ids]
+        return fresh[:_SUBMISSIONS_PER_POLL]
 
     async def run(
         self,

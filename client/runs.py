@@ -160,12 +160,17 @@ def job_runs(
 
 
 def task_runs(
-    flow_run_id: UUID, name_like: str | None = None, settle_seconds: float = SETTLE_SECONDS
+    flow_run_id: UUID,
+    name_like: str | None = None,
+    settle_seconds: float = SETTLE_SECONDS,
+    expect: Sequence[str] = (),
 ) -> list[TaskRun]:
-    """The flow run's task runs (those whose name contains ``name_like``), once each has a final state.
+    """The flow run's task runs (those whose name contains ``name_like``), once each has a final state
+    and one named after each of ``expect`` (task names, e.g. ``launch-gpu-stage``) is there.
 
-    A task run can be listed before its state is recorded; after ``settle_seconds`` the runs are
-    returned as they are.
+    Prefect records task runs from their events, which can reach the server after the flow run's own
+    final state (a busy control worker sends the events of all its runs); after ``settle_seconds`` the
+    runs are returned as they are.
     """
     deadline = time.monotonic() + settle_seconds
     run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
@@ -173,7 +178,9 @@ def task_runs(
     with get_client(sync_client=True) as client:
         while True:
             found = client.read_task_runs(flow_run_filter=run_filter, task_run_filter=task_filter)
-            settled = all(run.state is not None and run.state.is_final() for run in found)
+            settled = all(run.state is not None and run.state.is_final() for run in found) and all(
+                any(run.name.startswith(f"{name}-") for run in found) for name in expect
+            )
             if settled or time.monotonic() > deadline:
                 return found
             time.sleep(0.5)

@@ -16,7 +16,7 @@ SEED = 7311  # a job of this module's own: the session's shared trained job stay
 
 def _cached(ow_stack, run) -> bool:
     """Whether the control run's launch-gpu-stage task was served from the cache."""
-    states = {task.name.rsplit("-", 1)[0]: task.state.name for task in ow_stack.task_runs(run.id)}
+    states = {task.name.rsplit("-", 1)[0]: task.state.name for task in ow_stack.task_runs(run.id, expect=("launch-gpu-stage",))}
     return states["launch-gpu-stage"] == "Cached"
 
 

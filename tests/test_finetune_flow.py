@@ -66,7 +66,7 @@ def test_identical_resubmission_is_a_cache_hit_and_starts_no_gpu_stage(ow_stack,
     again = ow_stack.run("finetune/sft", sft_params())
     assert again.state.type == StateType.COMPLETED
     assert ow_stack.job_id_of(again) == job_id
-    states = {task.name.rsplit("-", 1)[0]: task.state.name for task in ow_stack.task_runs(again.id)}
+    states = {task.name.rsplit("-", 1)[0]: task.state.name for task in ow_stack.task_runs(again.id, expect=("launch-gpu-stage",))}
     assert states["launch-gpu-stage"] == "Cached"
     assert len(ow_stack.gpu_stage_runs(job_id)) == 1
     with get_client(sync_client=True) as client:

@@ -83,7 +83,11 @@ def test_a_killed_worker_leaves_no_run_running_once_another_starts_on_the_host(p
         with get_client(sync_client=True) as client:
             run = client.create_flow_run_from_deployment(deployment_id, parameters={"seconds": 600})
             running = _wait_for(
-                lambda: (r := client.read_flow_run(run.id)).state_type == StateType.RUNNING and r, 120, "run running"
+                lambda: (r := client.read_flow_run(run.id)).state_type == StateType.RUNNING
+                and r.infrastructure_pid
+                and r,
+                120,
+                "the run running, its thread recorded",
             )
             assert running.infrastructure_pid.startswith(f"threads:{os.uname().nodename}:{first.pid}:")
             first.send_signal(signal.SIGKILL)

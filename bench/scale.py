@@ -224,7 +224,8 @@ def summary(results: dict[str, dict]) -> dict:
         accepted = (
             production.get("completed") == production.get("submitted")
             and production.get("pods_left") == 0
-            and (ratio is None or ratio >= TARGET_RATIO)
+            and ratio is not None  # without the embedded default run there is nothing to compare
+            and ratio >= TARGET_RATIO
         )
     return {**head, "target": TARGET_RATIO, "acceptance_met": accepted, **results}
 

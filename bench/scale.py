@@ -47,9 +47,11 @@ Acceptance: on PostgreSQL every job completes, no pod is left, and submissions a
 comparison. ``--poll-seconds`` is both workers' ``PREFECT_WORKER_QUERY_SECONDS``. Ctrl-C or SIGTERM stops
 everything the run started (servers, workers, pods, the emulator) and drops its databases.
 
-Pods are local processes here, at niceness 10, and run Prefect's engine directly (``python -m
-prefect.engine``, as ``bench/worker_scale.py`` does) rather than the worker's default three-process
-command, so that the machine's cores go to what is measured: the control tier and the server.
+Pods are local processes here, at niceness 10 (``--pod-niceness``; a niced pod stays in the emulator's
+session, where niceness counts: see ``tests/fixtures/emulated_pods.py``), and run Prefect's engine
+directly (``python -m prefect.engine``, as ``bench/worker_scale.py`` does) rather than the worker's
+default three-process command, so that the machine's cores go to what is measured: the control tier
+and the server. At 19 the pods starved (400 jobs: 100 pods up, none done after 6 min).
 State (logs) lives in a temporary directory, removed unless the run fell short or ``--keep`` is given.
 """
 
@@ -104,6 +106,12 @@ def main() -> None:
         "--pod-command", default="python -m prefect.engine", help="the flow-run command in pods"
     )
     parser.add_argument(
+        "--pod-niceness",
+        type=int,
+        default=10,
+        help="niceness of the emulated pods' processes (they stand for other machines)",
+    )
+    parser.add_argument(
         "--control-worker-type",
         default=None,
         help="the control pool's worker type (default: local_stack.CONTROL_WORKER_TYPE; 'process' for the old tier)",
@@ -156,6 +164,7 @@ def run_child(profile: str, args: argparse.Namespace) -> dict:
         "api_workers",
         "timeout",
         "pod_command",
+        "pod_niceness",
     ):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.control_worker_type:
@@ -343,7 +352,7 @@ def start_project(root: Path, args: argparse.Namespace, stack: ExitStack):
     from tests.fixtures.runpod import create_runpod_pool, make_emulator, start_worker_process
 
     load_store_block()  # this server's default store: a fresh directory under $OW_HOME
-    emulator = stack.enter_context(make_emulator(root, pod_niceness=10))
+    emulator = stack.enter_context(make_emulator(root, pod_niceness=args.pod_niceness))
     create_runpod_pool(
         emulator,
         name=local_stack.GPU_POOL,

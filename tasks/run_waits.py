@@ -4,8 +4,8 @@ benchmarks wait.
 A process may hold hundreds of waits at once: the control worker runs every job's control flow as a
 thread of one process (:mod:`infra.worker.thread_worker`), and each of them waits for its GPU stage
 for as long as the stage runs. So the waits of a process share one :class:`RunWatcher`: one
-subscription to the server's flow-run state events, and one read of every watched run each
-``RECHECK_SECONDS`` in case an event was missed. A waiting thread costs a ``threading.Event``, not a
+subscription to the server's flow-run state events, and one read each ``RECHECK_SECONDS`` of the
+watched runs that ended or are being cancelled, in case an event was missed. A waiting thread costs a ``threading.Event``, not a
 websocket or a poll of its own, and the server sees one subscriber per process however many jobs wait.
 
 Inside a flow run the wait also watches that run: when it is being cancelled (Cancelling), the wait
@@ -22,13 +22,19 @@ import time
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.logging import get_logger
 
 RECHECK_SECONDS = 10.0  # how stale a wait can be when the event of a run's final state was missed
 _READ_BATCH = 200
 _FINAL_TYPES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+_WAKE_TYPES = [*_FINAL_TYPES, StateType.CANCELLING]  # what a wait is woken for
 
 
 class ControlRunCancelled(Exception):
@@ -66,14 +72,27 @@ def wait_until_final(
                 raise ControlRunCancelled(
                     f"flow run {own.name} is being cancelled; it stopped waiting for {flow_run.name}"
                 )
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            if deadline is not None and deadline - time.monotonic() <= 0:
                 raise TimeoutError(
                     f"flow run {flow_run.name} ({flow_run_id}) is still {flow_run.state_name}"
                 )
-            wake.wait(RECHECK_SECONDS * 3 if remaining is None else min(RECHECK_SECONDS * 3, remaining))
+            _sleep_until_woken(wake, watcher, deadline)
     finally:
         watcher.unwatch(wake)
+
+
+def _sleep_until_woken(wake: threading.Event, watcher: RunWatcher, deadline: float | None) -> None:
+    """Until the watcher wakes this wait, the deadline passes, or the watcher is not keeping up (its
+    thread died, or its reads fail): then the wait reads its own runs every ``3 × RECHECK_SECONDS``.
+    A wait reads nothing while the watcher works, so a thousand waiting jobs cost the server one read
+    per ``RECHECK_SECONDS``, not one per job."""
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return
+        step = RECHECK_SECONDS * 3 if remaining is None else min(RECHECK_SECONDS * 3, remaining)
+        if wake.wait(step) or not watcher.healthy():
+            return
 
 
 def _current_flow_run_id() -> UUID | None:
@@ -100,8 +119,9 @@ class RunWatcher:
     """Wakes the waits of one process when a run they watch changes to a final state or Cancelling.
 
     One daemon thread runs an event loop with two loops: a subscription to every flow-run state event
-    (reconnecting with backoff), and a read of all watched runs every :data:`RECHECK_SECONDS`. Either
-    sets the ``threading.Event`` of each wait watching the run; the wait then reads its runs itself.
+    (reconnecting with backoff), and a read every :data:`RECHECK_SECONDS` of the watched runs that are
+    final or Cancelling. Either sets the ``threading.Event`` of each wait watching the run; the wait
+    then reads its runs itself.
     """
 
     _shared: dict[str, RunWatcher] = {}
@@ -111,6 +131,7 @@ class RunWatcher:
         self._lock = threading.Lock()
         self._watching: dict[UUID, set[threading.Event]] = {}
         self._thread: threading.Thread | None = None
+        self._last_recheck = time.monotonic()  # when the watcher last read the watched runs
         self._logger = get_logger("ow.run_waits")
 
     @classmethod
@@ -127,14 +148,28 @@ class RunWatcher:
         with self._lock:
             for run_id in run_ids:
                 self._watching.setdefault(run_id, set()).add(wake)
-            if self._thread is None or not self._thread.is_alive():
-                # The caller's context: the settings (API URL, auth) the watcher talks to the server with.
-                context = contextvars.copy_context()
-                self._thread = threading.Thread(
-                    target=context.run, args=(self._serve,), name="ow-run-watcher", daemon=True
-                )
-                self._thread.start()
+            self._ensure_thread()
         return wake
+
+    def _ensure_thread(self) -> None:
+        """Start the watcher's thread unless it runs; called with ``_lock`` held, in a waiting thread
+        (whose context carries the settings, API URL and auth, the watcher talks to the server with)."""
+        if self._thread is None or not self._thread.is_alive():
+            context = contextvars.copy_context()
+            self._thread = threading.Thread(
+                target=context.run, args=(self._serve,), name="ow-run-watcher", daemon=True
+            )
+            self._last_recheck = time.monotonic()
+            self._thread.start()
+
+    def healthy(self) -> bool:
+        """Whether the watcher's reads keep up (one succeeded within ``3 × RECHECK_SECONDS``). A thread
+        that died is started again; until then the waits read their runs themselves."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._ensure_thread()
+                return False
+            return time.monotonic() - self._last_recheck < RECHECK_SECONDS * 3
 
     def unwatch(self, wake: threading.Event) -> None:
         with self._lock:
@@ -189,19 +224,25 @@ class RunWatcher:
             await asyncio.sleep(RECHECK_SECONDS)
             with self._lock:
                 run_ids = list(self._watching)
-            if not run_ids:
-                continue
+                if not run_ids:
+                    self._last_recheck = time.monotonic()
+                    continue
             try:
                 async with get_client() as client:
                     for start in range(0, len(run_ids), _READ_BATCH):
                         batch = run_ids[start : start + _READ_BATCH]
+                        # Only the runs a wait must wake for: the server filters, so a thousand runs
+                        # still going cost a query, not a thousand serialised flow runs.
                         runs = await client.read_flow_runs(
-                            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=batch)), limit=len(batch)
+                            flow_run_filter=FlowRunFilter(
+                                id=FlowRunFilterId(any_=batch),
+                                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=_WAKE_TYPES)),
+                            ),
+                            limit=len(batch),
                         )
                         for run in runs:
-                            if run.state is not None and (
-                                run.state.is_final() or run.state.type is StateType.CANCELLING
-                            ):
-                                self._wake(run.id)
+                            self._wake(run.id)
+                with self._lock:
+                    self._last_recheck = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - the server may be restarting; try again next time
                 self._logger.debug("could not read watched flow runs (%s)", exc)

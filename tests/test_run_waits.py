@@ -57,3 +57,37 @@ def test_the_timeout_names_the_run_and_its_state(prefect_server):
     with pytest.raises(TimeoutError, match=rf"flow run {run.name} \({run.id}\) is still {run.state_name}"):
         wait_until_final(run.id, timeout=3)
     assert time.monotonic() - started < 10
+
+
+def test_a_waiting_run_reads_nothing_itself_while_the_watcher_keeps_up(prefect_server, monkeypatch):
+    """A thousand waiting jobs must not cost the server a read each: only the process's watcher reads
+    (one query for all of them), and a wait reads its run when woken or at its deadline."""
+    from tasks import run_waits
+
+    monkeypatch.setattr(run_waits, "RECHECK_SECONDS", 2.0)
+    monkeypatch.setattr(run_waits.RunWatcher, "_shared", {})  # a watcher of its own, reading every 2 s
+    reads = []
+    read_runs = run_waits._read_runs
+    monkeypatch.setattr(run_waits, "_read_runs", lambda run_ids: reads.append(run_ids) or read_runs(run_ids))
+    run = _new_run()
+    with pytest.raises(TimeoutError):
+        wait_until_final(run.id, timeout=10)
+    assert len(reads) == 2  # when it started, and at its deadline (not every 6 s in between)
+
+
+def test_the_watcher_wakes_a_wait_whose_run_ended_without_an_event(prefect_server, monkeypatch):
+    """The watcher's periodic read finds a run that ended while no event reached it (the subscription
+    dropped, say), and wakes its wait."""
+    from tasks import run_waits
+
+    async def no_events(self):  # a subscription that never delivers anything
+        await run_waits.asyncio.Event().wait()
+
+    monkeypatch.setattr(run_waits, "RECHECK_SECONDS", 1.0)
+    monkeypatch.setattr(run_waits.RunWatcher, "_shared", {})
+    monkeypatch.setattr(run_waits.RunWatcher, "_follow_events", no_events)
+    run = _new_run()
+    _set_state_later(run.id, Completed(), 1.0)
+    started = time.monotonic()
+    assert wait_until_final(run.id, timeout=60).state.is_completed()
+    assert time.monotonic() - started < 2.9  # the 1 s read woke it; a wait's own read comes at 3 s

@@ -29,11 +29,17 @@ class PodListCache:
 
     def get_pod(self, pod_id: str, max_age_s: float) -> Pod | None:
         """The pod as RunPod listed it at most ``max_age_s`` ago, or None when it is gone."""
+        return self.get_pod_seen(pod_id, max_age_s)[0]
+
+    def get_pod_seen(self, pod_id: str, max_age_s: float) -> tuple[Pod | None, float]:
+        """:meth:`get_pod`, and when RunPod's answer came back (this object's clock): what is read
+        after that moment about the pod's flow run is at least as new as the pod."""
         with self._lock:  # one refresh at a time; the others then read its answer
             if self._clock() - self._listed_at > max_age_s:
                 self._pods = {pod.id: pod for pod in self._client.list_pods()}
                 self._listed_at = self._clock()
-            pod = self._pods.get(pod_id)
+            pod, listed_at = self._pods.get(pod_id), self._listed_at
         if pod is not None:
-            return pod
-        return self._client.get_pod(pod_id)
+            return pod, listed_at
+        pod = self._client.get_pod(pod_id)
+        return pod, self._clock()

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 import httpx
-from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, WorkPoolFilter, WorkPoolFilterName
 from prefect.client.schemas.objects import StateType
 from prefect.events import emit_event
 from prefect.exceptions import Abort, InfrastructureNotFound, ObjectNotFound
@@ -79,6 +79,7 @@ from infra.runpod.hardware import HardwareOption, parse_allowed_hardware
 from infra.runpod.launch import GpuCatalogue, LaunchedPod, NoGpuAvailable, launch_pod
 from infra.runpod.models import Pod, PodSpec
 from infra.runpod.pod_reads import PodListCache
+from infra.worker.flow_run_reads import FlowRunReads
 from infra.worker.open_charges import close_open_charges, read_pod_bill, window_start
 from infra.worker.pod_charge import describe_charge, longest_pod_hours, pod_bound, pod_charge, pod_created_at
 from infra.worker.pod_outcome import (
@@ -211,6 +212,7 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         self._watched_pod_ids: set[str] = set()
         self._clients: dict[str, RunPodClient] = {}
         self._pod_lists: dict[RunPodClient, PodListCache] = {}  # one per client, so per account
+        self._flow_run_reads: FlowRunReads | None = None  # every watch's flow-run reads, shared
         self._sweep_scope: anyio.CancelScope | None = None
         # The longest a pod of the pool may run, as its defaults and deployments bound it (each sweep).
         self._longest_pod_hours = DEFAULT_TTL_HOURS
@@ -246,6 +248,7 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             raise
         created_at = pod_created_at(launched.pod.created_at if launched.pod else None, time.time())
         self._watched_pod_ids.add(launched.pod_id)
+        self._shared_flow_run_reads().watch(flow_run.id)
         try:
             (task_status or anyio.TASK_STATUS_IGNORED).started(launched.pod_id)
             # Open at once: should this worker die before the pod ends, whoever finds the pod closes it.
@@ -256,6 +259,19 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             return await self._watch_pod(flow_run, configuration, client, launched, created_at, logger)
         finally:
             self._watched_pod_ids.discard(launched.pod_id)
+            self._shared_flow_run_reads().unwatch(flow_run.id)
+
+    def _shared_flow_run_reads(self) -> FlowRunReads:
+        """The worker's one :class:`FlowRunReads`, made on first use (``self.client`` exists by then)."""
+        if self._flow_run_reads is None:
+
+            async def read_many(ids: list[UUID]) -> list[FlowRun]:
+                return await self.client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids)
+                )
+
+            self._flow_run_reads = FlowRunReads(read_many, self.client.read_flow_run)
+        return self._flow_run_reads
 
     async def kill_infrastructure(
         self,
@@ -469,8 +485,8 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             await anyio.sleep(configuration.poll_interval_seconds)
             # Pod first, flow run second: a pod gone because its run just finished is then always seen
             # together with the run's final state (see pod_outcome.decide).
-            await self._observe_pod(client, watch, logger, configuration.poll_interval_seconds)
-            run = await self._observe_flow_run(flow_run.id)
+            seen_pod_at = await self._observe_pod(client, watch, logger, configuration.poll_interval_seconds)
+            run = await self._observe_flow_run(flow_run.id, seen_pod_at=seen_pod_at)
             watch.flow_run_state = run.state_type
             verdict = decide(
                 watch.pod,
@@ -497,24 +513,35 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
 
     async def _observe_pod(
         self, client: RunPodClient, watch: PodWatch, logger: PrefectLogAdapter, poll_interval: float
-    ) -> None:
+    ) -> float:
+        """Look at the pod; when RunPod's answer came back (``time.monotonic()``)."""
         # One list of the account's pods serves every run polling within the same interval: RunPod's
         # rate limit is per account and per minute, not per pod.
         pod_list = self._pod_lists[client]
         try:
-            pod = await anyio.to_thread.run_sync(pod_list.get_pod, watch.pod_id, poll_interval * 0.9)
+            pod, seen_at = await anyio.to_thread.run_sync(
+                pod_list.get_pod_seen, watch.pod_id, poll_interval * 0.9
+            )
         except Exception as exc:  # noqa: BLE001 - an API error or a malformed answer: look again next poll
             logger.warning("Cannot read pod %s from RunPod (%s); will look again", watch.pod_id, exc)
             watch.observe(None, PodPhase.UNKNOWN)
-            return
+            return time.monotonic()
         was_up = watch.last_seen is not None and watch.last_seen.runtime_up
         watch.observe(pod, pod_phase(pod))
         if pod is not None and pod.runtime_up and not was_up:
             logger.info("Pod %s is up; the flow run starts inside it", watch.pod_id)
+        return seen_at
 
-    async def _observe_flow_run(self, flow_run_id: UUID) -> _FlowRunObservation:
+    async def _observe_flow_run(
+        self, flow_run_id: UUID, *, seen_pod_at: float | None = None
+    ) -> _FlowRunObservation:
+        """The run as Prefect has it now; with ``seen_pod_at``, from the read every watch shares
+        (:class:`FlowRunReads`) once it started after that moment."""
         try:
-            current = await self.client.read_flow_run(flow_run_id)
+            if seen_pod_at is None:
+                current = await self.client.read_flow_run(flow_run_id)
+            else:
+                current = await self._shared_flow_run_reads().read(flow_run_id, seen_pod_at)
         except ObjectNotFound:
             return _FlowRunObservation(FlowRunPhase.DELETED)
         except Exception as exc:  # noqa: BLE001 - the API may be briefly away; look again next poll

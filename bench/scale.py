@@ -613,14 +613,20 @@ def wait_for_all(deployment_id, jobs: int, timeout: float, since: float, emulato
     last_report = 0.0
     with get_client(sync_client=True) as client:
         while True:
-            final = count(client, FINAL_TYPES)
             elapsed = time.time() - since
+            try:
+                final = count(client, FINAL_TYPES)
+                running = count(client, ["RUNNING"]) if elapsed - last_report >= 15 else None
+            except Exception as exc:  # noqa: BLE001 - the bench's own look; an overloaded server may 500
+                # (measured: QueuePool timeouts at 1,000 jobs). The jobs' fate is read at the end.
+                log(f"progress not readable ({type(exc).__name__}: {str(exc)[:120]}); looking again")
+                time.sleep(5)
+                continue
             if final >= jobs or elapsed > timeout:
                 log(f"{final}/{jobs} jobs final after {elapsed:.0f} s")
                 return time.time()
-            if elapsed - last_report >= 15:
+            if running is not None:
                 last_report = elapsed
-                running = count(client, ["RUNNING"])
                 live = len(emulator.pods())
                 made = len(emulator.pods(include_terminated=True))
                 log(

@@ -5,8 +5,9 @@ A process may hold hundreds of waits at once: the control worker runs every job'
 thread of one process (:mod:`infra.worker.thread_worker`), and each of them waits for its GPU stage
 for as long as the stage runs. So the waits of a process share one :class:`RunWatcher`: one
 subscription to the server's flow-run state events, and one read each ``RECHECK_SECONDS`` of the
-watched runs that ended or are being cancelled, in case an event was missed. A waiting thread costs a ``threading.Event``, not a
-websocket or a poll of its own, and the server sees one subscriber per process however many jobs wait.
+watched runs that ended or are being cancelled, in case an event was missed. A waiting thread costs
+a ``threading.Event``, not a websocket or a poll of its own, and the server sees one subscriber per
+process however many jobs wait.
 
 Inside a flow run the wait also watches that run: when it is being cancelled (Cancelling), the wait
 raises :class:`ControlRunCancelled`, so a control flow with no signal to receive (a thread of the

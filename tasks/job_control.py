@@ -37,7 +37,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
     FlowRunFilterTags,
 )
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.states import Cancelled, Cancelling, Crashed, State
 from pydantic import BaseModel
@@ -47,7 +47,7 @@ from jobs.environment import environ as run_environ
 from jobs.registry import GPU_STAGE_FLOW_NAME, get_job_spec, gpu_deployment_name
 from jobs.tags import deployment_tag, inherited_tags, job_tag, job_type_tag
 from jobs.validation import check_inputs, validate_params
-from tasks.job_cost import record_with_cost
+from tasks.job_cost import record_with_cost, wait_for_stage_concluded
 from tasks.run_waits import ControlRunCancelled, wait_until_final
 
 FAILED_STATES = [StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
@@ -80,6 +80,16 @@ def infrastructure_was_lost(state_type: StateType | None, message: str | None) -
     if state_type is not StateType.CRASHED:
         return False  # Failed: the job's own code; Cancelled: the user's decision
     return not any(marker in (message or "") for marker in _NOT_INFRASTRUCTURE_LOSS)
+
+
+def crash_account(messages: list[str | None]) -> str:
+    """Why a crashed GPU-stage run ended, from the messages of its Crashed states, oldest first: one
+    naming a bound the user set (the ``runpod`` worker's account; the engine, stopped by the same
+    SIGTERM, may force its bare "aborted by a termination signal" before or after it), else the
+    newest (the worker's account of a lost pod comes after the engine's). Pure."""
+    said = [" ".join((message or "").split()) for message in messages]
+    bound = next((message for message in said if not infrastructure_was_lost(StateType.CRASHED, message)), None)
+    return bound or (said[-1] if said else "")
 
 
 def max_recoveries(environ: dict[str, str] | None = None) -> int:
@@ -214,6 +224,8 @@ def run_gpu_stage(
     state = stage.state
     if not state.is_completed():
         message = (state.message or "").strip()
+        if state.is_crashed():
+            message = _settled_crash_account(stage, deployment, job_variables) or message
         error_class = GpuStageLost if infrastructure_was_lost(state.type, message) else GpuStageFailed
         error = error_class(
             f"GPU stage {stage.name} ({stage.id}) ended {state.name}: {message or 'no message'}"
@@ -222,6 +234,19 @@ def run_gpu_stage(
         raise error
     # Every attempt's pods, recoveries included, priced into result.json and the cached record.
     return record_with_cost(job_id, deployment_name=deployment, stage=stage, job_variables=job_variables)
+
+
+def _settled_crash_account(stage: FlowRun, deployment: str, job_variables: dict[str, Any]) -> str:
+    """Why the crashed ``stage`` ended, once its worker has said so (:func:`crash_account`): the
+    recovery is decided from it, and a pod stopped by its TTL must not count as lost because the
+    engine's own crash report came first."""
+    with get_client(sync_client=True) as client:
+        if not wait_for_stage_concluded(client, stage, deployment_name=deployment, job_variables=job_variables):
+            get_run_logger().warning(
+                "The worker has not concluded GPU stage %s; deciding on recovery from what it said so far", stage.id
+            )
+        states = client.read_flow_run_states(stage.id)
+    return crash_account([state.message for state in states if state.type is StateType.CRASHED])
 
 
 def _stage_tags(job_id: str, job_type: str) -> list[str]:

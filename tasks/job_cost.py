@@ -40,6 +40,7 @@ from tasks.cost_ledger import read_charges
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.responses import DeploymentResponse as Deployment
 
 CHARGE_POLL_SECONDS = 2.0
 # Beyond the pool's grace and one poll: the worker's terminate, its billing read (bounded at 20 s) and
@@ -71,6 +72,34 @@ def record_with_cost(
     return record
 
 
+class _RunPodPools:
+    """Which work pools are ``runpod`` pools (read once each): only their runs rented a pod."""
+
+    def __init__(self, client: SyncPrefectClient):
+        self._client = client
+        self._types: dict[str | None, str | None] = {}
+
+    def __contains__(self, pool_name: str | None) -> bool:
+        if pool_name not in self._types:
+            try:
+                self._types[pool_name] = self._client.read_work_pool(pool_name).type if pool_name else None
+            except ObjectNotFound:
+                self._types[pool_name] = None
+        return self._types[pool_name] == RunPodWorker.type
+
+
+def _charge_deadline(
+    client: SyncPrefectClient,
+    stage: FlowRun,
+    deployment: Deployment,
+    job_variables: Mapping[str, Any],
+    clock: Callable[[], float],
+) -> float:
+    """When, by ``clock``, the charges of the pods of ``stage``'s attempts have had all the time they may take."""
+    pool = client.read_work_pool(stage.work_pool_name)
+    return clock() + charge_wait_seconds(pool.base_job_template, deployment.job_variables or {}, job_variables)
+
+
 def reckon_job_cost(
     client: SyncPrefectClient,
     job_id: str,
@@ -82,23 +111,11 @@ def reckon_job_cost(
     sleep: Callable[[float], None] = time.sleep,
 ) -> JobCost:
     """What job ``job_id`` cost over every GPU-stage attempt, once ``stage`` (its last) completed."""
-    pool_types: dict[str | None, str | None] = {}
-
-    def on_runpod(pool_name: str | None) -> bool:
-        if pool_name not in pool_types:
-            try:
-                pool_types[pool_name] = client.read_work_pool(pool_name).type if pool_name else None
-            except ObjectNotFound:
-                pool_types[pool_name] = None
-        return pool_types[pool_name] == RunPodWorker.type
-
-    if not on_runpod(stage.work_pool_name):
+    runpod_pools = _RunPodPools(client)
+    if stage.work_pool_name not in runpod_pools:
         return local_cost()
     deployment = client.read_deployment_by_name(deployment_name)
-    pool = client.read_work_pool(stage.work_pool_name)
-    deadline = clock() + charge_wait_seconds(
-        pool.base_job_template, deployment.job_variables or {}, job_variables
-    )
+    deadline = _charge_deadline(client, stage, deployment, job_variables, clock)
     waiting_for: set[str] = set()
     while True:
         attempts = [
@@ -107,7 +124,7 @@ def reckon_job_cost(
                 flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[job_tag(job_id)])),
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
             )
-            if on_runpod(run.work_pool_name)
+            if run.work_pool_name in runpod_pools
         ]
         charges = read_charges(client, flow_run_ids=[run.id for run in attempts])
         pod_ids = [run.infrastructure_pid for run in attempts]
@@ -119,6 +136,32 @@ def reckon_job_cost(
                 "waiting for the worker to record what pod(s) %s cost", ", ".join(sorted(missing))
             )
             waiting_for = missing
+        sleep(CHARGE_POLL_SECONDS)
+
+
+def wait_for_stage_concluded(
+    client: SyncPrefectClient,
+    stage: FlowRun,
+    *,
+    deployment_name: str,
+    job_variables: Mapping[str, Any],
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Wait, bounded as for the job's cost, until the ``runpod`` worker concluded ``stage``: it records
+    the closed charge of the stage's pod after it has said why the run ended (a Crashed run's account:
+    the pod's TTL, ``max_run_hours``, a lost pod), and that account can come seconds after the engine's
+    own bare crash. True at once for a stage that rented no pod; False when the wait ran out."""
+    if stage.work_pool_name not in _RunPodPools(client) or not stage.infrastructure_pid:
+        return True
+    deployment = client.read_deployment_by_name(deployment_name)
+    deadline = _charge_deadline(client, stage, deployment, job_variables, clock)
+    while True:
+        charges = read_charges(client, flow_run_ids=[stage.id])
+        if not pods_without_charge([stage.infrastructure_pid], [charge for charge in charges if not charge.is_open]):
+            return True
+        if clock() >= deadline:
+            return False
         sleep(CHARGE_POLL_SECONDS)
 
 

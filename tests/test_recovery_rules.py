@@ -9,6 +9,7 @@ from prefect.states import Completed, Failed
 from tasks.job_control import (
     DEFAULT_MAX_RECOVERIES,
     StageAttempt,
+    crash_account,
     describe_lost_attempts,
     infrastructure_was_lost,
     lost_stage_outcome,
@@ -33,6 +34,30 @@ from tasks.job_control import (
 )
 def test_only_a_stage_whose_infrastructure_was_lost_is_recovered(state_type, message, recovered):
     assert infrastructure_was_lost(state_type, message) is recovered
+
+
+ENGINE = "Execution was aborted by a termination signal."
+TTL = "RunPod pod abc reached its TTL of 0.5 h (ttl_hours); the flow run was cut off (Execution was aborted ...)."
+MAX_RUN = "The flow run exceeded max_run_hours=2; RunPod pod abc was terminated (last known status RUNNING)."
+LOST = "The flow run crashed inside RunPod pod abc: Execution was aborted ... (RunPod reclaimed the pod)."
+
+
+@pytest.mark.parametrize(
+    ("messages", "account", "recovered"),
+    [
+        ([ENGINE, TTL], TTL, False),  # the TTL's warning stopped the engine, which reported first
+        ([MAX_RUN, ENGINE, MAX_RUN], MAX_RUN, False),  # the engine's report landed between the worker's
+        ([MAX_RUN, ENGINE], MAX_RUN, False),  # ... and the worker had not put its own back yet
+        ([ENGINE, LOST], LOST, True),  # stopped from outside: the worker's account of a lost pod
+        ([ENGINE], ENGINE, True),  # the worker never said more (it died): a lost pod
+        ([], "", True),
+    ],
+)
+def test_a_crashed_stage_is_judged_by_the_workers_account_whatever_order_the_reports_came_in(
+    messages, account, recovered
+):
+    assert crash_account(messages) == account
+    assert infrastructure_was_lost(StateType.CRASHED, crash_account(messages)) is recovered
 
 
 @pytest.mark.parametrize(

@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prefect.client.schemas.actions import DeploymentUpdate
 from prefect.client.schemas.objects import StateType
 from pydantic import BaseModel, Field
 
 from infra.local import stack as local_stack
 from tests.fixtures.jobs import FAST_SFT
-from tests.fixtures.runpod import RunPodProject, pods_of, runpod_project_stack
+from tests.fixtures.runpod import PROJECT_POD_ENV, RunPodProject, pods_of, runpod_project_stack
 from tests.fixtures.runpod_emulator import RunPodEmulator
 from tests.fixtures.stack import Stack
 
@@ -207,6 +208,54 @@ def test_a_cancelled_job_is_not_recovered(runpod_project: RunPodProject, tiny_mo
     assert [run.state.type for run in stages] == [StateType.CANCELLED]
     assert len(_pods_of_job(emulator, stages)) == 1
     assert not stack.store.exists(f"jobs/{job_id}/result.json")
+
+
+@pytest.mark.parametrize(
+    ("bound", "said"),
+    [
+        # The TTL's warning stops the run inside a pod still up: the engine's bare crash comes seconds
+        # before the worker sees the pod end and gives its account.
+        ({"ttl_hours": 0.006, "env": {**PROJECT_POD_ENV, "OW_TTL_WARNING_SECONDS": "8"}}, "reached its TTL of 0.006 h"),
+        # The worker ends the pod: its account, not the engine's, is what the job decides from.
+        ({"max_run_hours": 0.003}, "exceeded max_run_hours=0.003"),
+    ],
+    ids=["ttl-warning", "max_run_hours"],
+)
+def test_a_stage_ended_by_a_bound_the_user_set_is_not_recovered(
+    runpod_project: RunPodProject, tmp_path: Path, bound: dict, said: str
+):
+    """A bound the user set (the pod's TTL, the pool's max_run_hours) ends the GPU stage mid-run: the
+    job ends Failed on that one pod, naming the bound. Another pod would end the same way, so a
+    recovery would only bill the bound again."""
+    from prefect.client.orchestration import get_client
+
+    from client import OpenWeights
+    from tests.fixtures.jobs import register_script_job
+
+    stack, emulator = runpod_project.stack, runpod_project.emulator
+    script = tmp_path / "sleeps.py"
+    script.write_text("import time\nprint('sleeping past the bound', flush=True)\ntime.sleep(300)\n")
+    job_class = register_script_job(f"runpod_bound_{next(iter(bound))}_test", script, _WordParams)
+    parameters = job_class(OpenWeights()).definition(word=next(iter(bound)))
+    with get_client(sync_client=True) as client:
+        gpu_stage = client.read_deployment_by_name("gpu-stage/custom")
+        client.update_deployment(gpu_stage.id, DeploymentUpdate(job_variables={**gpu_stage.job_variables, **bound}))
+        try:
+            control = _submit_with_control_env(
+                "custom/run", parameters, {"OW_MAX_RECOVERIES": "1", "OW_RECOVERY_DELAY_SECONDS": "1"}
+            )
+            final = stack.wait(control.id, timeout=300)
+        finally:
+            client.update_deployment(gpu_stage.id, DeploymentUpdate(job_variables=gpu_stage.job_variables))
+
+    assert final.state.type == StateType.FAILED, (final.state.type, final.state.message)
+    assert said in final.state.message
+    stages = stack.gpu_stage_runs(stack.job_id_of(final))
+    assert [run.state.type for run in stages] == [StateType.CRASHED]
+    assert said in stages[0].state.message
+    assert len(_pods_of_job(emulator, stages)) == 1
+    assert "Recovering job" not in stack.logs(control.id)
+    emulator.wait_until(lambda: emulator.pods() == [], 60, "no pod left")
 
 
 class _WordParams(BaseModel):

@@ -120,6 +120,9 @@ CATALOG_MAX_AGE_ENV = "OW_RUNPOD_CATALOG_MAX_AGE_SECONDS"
 CANCEL_SETTLE_SECONDS = 20.0
 # How long after the pod goes the worker keeps watching for a crash reported over a final state.
 FINAL_STATE_SETTLE_SECONDS = 5.0
+# How soon the worker puts its Crashed account back over an engine's bare crash report (a user's
+# --watch may read the state in between).
+INSIST_POLL_SECONDS = 0.25
 EVENT_PREFIX = "ow.runpod"
 
 
@@ -590,7 +593,7 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
                     return
                 if state is None or state.type is not StateType.CRASHED or state.message != message:
                     await self._set_crashed(flow_run_id, message)
-                await anyio.sleep(1.0)
+                await anyio.sleep(INSIST_POLL_SECONDS)
 
     async def _await_pod_end(
         self, client: RunPodClient, watch: PodWatch, seconds: float, poll: float
@@ -653,7 +656,9 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
         at once kills an engine still sending its last logs, which then reports Crashed. A cancelled
         run is marked Cancelled before its pod is terminated, and kept Cancelled while the pod goes
         down: an engine started without Prefect's runner (which handles cancellation itself) sees only
-        SIGTERM and forces Crashed, though what ended it was the user's cancellation.
+        SIGTERM and forces Crashed, though what ended it was the user's cancellation. A run the worker
+        crashes (``max_run_hours``, the start timeout, a lost pod) likewise gets the worker's account
+        before its pod is terminated, and keeps it over the engine's bare crash report.
         """
         pod_id = watch.pod_id
         # A pod already seen gone (lost, or ended with its run) stopped billing at that observation.
@@ -681,6 +686,20 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
             await self._set_crashed(flow_run.id, crash_account)
         if verdict is Verdict.CANCEL:
             await self._keep_cancelled(flow_run.id, cancelled_message)
+        verdict_account = None
+        if verdict.crashes_run:
+            # Said before the pod is terminated: the SIGTERM makes the engine inside force its own bare
+            # Crashed, and whoever looks first (the control tier deciding on recovery, a user's --watch)
+            # must find why the worker ended the run.
+            verdict_account = crash_message(
+                verdict,
+                watch,
+                seconds_since_launch=seconds_since_launch,
+                ttl_hours=configuration.ttl_hours,
+                max_run_hours=configuration.max_run_hours,
+                start_timeout_seconds=configuration.pod_start_timeout_seconds,
+            )
+            await self._propose_crashed_state(flow_run, verdict_account)
         ended_itself = False
         if verdict is Verdict.FLOW_RUN_FINISHED and watch.pod is not PodPhase.GONE:
             ended_itself = await self._await_pod_end(
@@ -716,18 +735,9 @@ class RunPodWorker(BaseWorker[RunPodJobConfiguration, RunPodVariables, RunPodWor
                 while True:
                     await anyio.sleep(min(configuration.poll_interval_seconds, 1.0))
                     await self._keep_cancelled(flow_run.id, cancelled_message)
-        if not verdict.crashes_run:
+        if verdict_account is None:
             return RunPodWorkerResult(identifier=pod_id, status_code=0)
-        message = crash_message(
-            verdict,
-            watch,
-            seconds_since_launch=seconds_since_launch,
-            ttl_hours=configuration.ttl_hours,
-            max_run_hours=configuration.max_run_hours,
-            start_timeout_seconds=configuration.pod_start_timeout_seconds,
-        )
-        await self._propose_crashed_state(flow_run, message)
-        await self._insist_on_crash(flow_run.id, message)
+        await self._insist_on_crash(flow_run.id, verdict_account)
         return RunPodWorkerResult(identifier=pod_id, status_code=1)
 
     async def _record_charge(

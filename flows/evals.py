@@ -25,7 +25,7 @@ from prefect.variables import Variable
 from flows.job_flow import job_flow
 from jobs.sweeps import SweepConfig, SweepEval, evaluation_jobs
 from store.layout import result_key
-from tasks.run_waits import ControlRunCancelled, wait_until_final
+from tasks.run_waits import ControlRunCancelled, stop_if_cancelled_before_running, wait_until_final
 
 eval_inspect = job_flow("eval-inspect", "eval", module=__name__)
 eval_mmlu_pro = job_flow("eval-mmlu-pro", "eval", module=__name__)
@@ -53,6 +53,10 @@ def eval_sweep(
     if not config.models or not config.evals:
         logger.warning("sweep %r has nothing to evaluate: set models and evals, or the variable %s", sweep_name, config.variable_name)
         return {"table": [], "ran": 0, "reused": 0}
+    try:
+        stop_if_cancelled_before_running()
+    except ControlRunCancelled:
+        return Cancelled(message=f"sweep {sweep_name} cancelled before it started; no evaluation was submitted")
     store = load_artifact_store()
     planned = evaluation_jobs(config, store)
     submitted = {}

@@ -48,7 +48,7 @@ from jobs.registry import GPU_STAGE_FLOW_NAME, get_job_spec, gpu_deployment_name
 from jobs.tags import deployment_tag, inherited_tags, job_tag, job_type_tag
 from jobs.validation import check_inputs, validate_params
 from tasks.job_cost import record_with_cost, wait_for_stage_concluded
-from tasks.run_waits import ControlRunCancelled, wait_until_final
+from tasks.run_waits import ControlRunCancelled, stop_if_cancelled_before_running, wait_until_final
 
 FAILED_STATES = [StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
 
@@ -186,6 +186,7 @@ def launch_service_stage(
 def run_gpu_stage(
     job_id: str, job_type: str, params: dict[str, Any], job_variables: dict[str, Any], *, rerun: bool = False
 ) -> dict[str, Any]:
+    stop_if_cancelled_before_running()
     deployment = gpu_deployment_name(job_type)
     store_block = store_block_name()
     attempt = str(_failed_attempts(deployment, job_id))

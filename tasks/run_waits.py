@@ -82,6 +82,30 @@ def wait_until_final(
         watcher.unwatch(wake)
 
 
+def cancelled_since_scheduled(state_types: list[StateType]) -> bool:
+    """Whether a run whose states were ``state_types`` (oldest first) was cancelled (Cancelling or
+    Cancelled) after it was last scheduled. Pure."""
+    last_scheduled = max((i for i, kind in enumerate(state_types) if kind is StateType.SCHEDULED), default=-1)
+    return any(kind in (StateType.CANCELLING, StateType.CANCELLED) for kind in state_types[last_scheduled + 1 :])
+
+
+def stop_if_cancelled_before_running() -> None:
+    """Raise :class:`ControlRunCancelled` when the current flow run was cancelled before its engine set
+    it Running: call it before starting anything that costs (a GPU stage, a sweep's jobs).
+
+    A run cancelled while a worker hands it over has no infrastructure yet, so Prefect's worker marks
+    it Cancelled at once; a ``threads`` worker's engine, handed the run a moment before, then sets it
+    Running, and Prefect accepts Cancelled → Running. Its state no longer says it was cancelled; its
+    history does (one read of it per run)."""
+    own_run_id = _current_flow_run_id()
+    if own_run_id is None:
+        return
+    with get_client(sync_client=True) as client:
+        states = sorted(client.read_flow_run_states(own_run_id), key=lambda state: state.timestamp)
+    if cancelled_since_scheduled([state.type for state in states]):
+        raise ControlRunCancelled(f"flow run {own_run_id} was cancelled before it started running")
+
+
 def _sleep_until_woken(wake: threading.Event, watcher: RunWatcher, deadline: float | None) -> None:
     """Until the watcher wakes this wait, the deadline passes, or the watcher is not keeping up (its
     thread died, or its reads fail): then the wait reads its own runs every ``3 × RECHECK_SECONDS``.

@@ -8,9 +8,10 @@ import time
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
 from prefect.states import Completed, Running
 
-from tasks.run_waits import wait_until_final
+from tasks.run_waits import cancelled_since_scheduled, wait_until_final
 
 
 @flow
@@ -91,3 +92,23 @@ def test_the_watcher_wakes_a_wait_whose_run_ended_without_an_event(prefect_serve
     started = time.monotonic()
     assert wait_until_final(run.id, timeout=60).state.is_completed()
     assert time.monotonic() - started < 2.9  # the 1 s read woke it; a wait's own read comes at 3 s
+
+
+S, P, R, CG, CD, C = (StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING,
+                      StateType.CANCELLED, StateType.COMPLETED)
+
+
+@pytest.mark.parametrize(
+    ("history", "cancelled"),
+    [
+        ([S, P, P, CG, CD, R], True),  # cancelled while handed over, then started by its engine
+        ([S, P, CG, R], True),
+        ([P, CG, CD, R], True),  # created Pending: its whole history counts
+        ([S, P, R], False),
+        ([S, P, R, CG], True),  # cancelled while it runs: the waits see it too
+        ([S, P, CG, CD, S, P, R], False),  # cancelled once, then scheduled again (a retry from the UI)
+        ([S, P, R, C], False),
+    ],
+)
+def test_a_run_counts_as_cancelled_only_for_a_cancellation_since_it_was_last_scheduled(history, cancelled):
+    assert cancelled_since_scheduled(history) is cancelled

@@ -19,7 +19,9 @@ What changes for a flow run, and what does not:
 - cancelling it: no process receives a signal, so the run stops itself — its wait for its GPU stage
   watches its own state and raises on Cancelling (:class:`tasks.run_waits.ControlRunCancelled`); the
   control flow then cancels its stage (unless another submission waits on it) and ends Cancelled. A
-  run cancelled before its thread started is ended by the worker;
+  run cancelled before its thread started is ended by the worker; one cancelled while it was handed
+  over, which Prefect then lets its engine set Running, stops before it launches anything
+  (:func:`tasks.run_waits.stop_if_cancelled_before_running`);
 - ``os.environ`` is the worker's, shared by every run; a run's ``env`` job variables (the pool's and
   its deployment's or its own, ``PREFECT_*`` aside) reach the project's settings through
   :mod:`jobs.environment`, for that run's thread only (e.g. ``OW_MAX_RECOVERIES`` for one job).

@@ -225,7 +225,8 @@ def test_the_summary_is_on_screen_with_the_short_and_the_full_job_id(browser, pr
 
     job_id, _, artifacts = training
     summary = artifacts[artifact_key(job_id, "summary")]
-    text = open_page(browser, f"{prefect_ui}/v2/artifacts/artifact/{summary.id}", job_id)
+    # Waited for on screen: the summary's own text, which the UI renders after the run's details.
+    text = open_page(browser, f"{prefect_ui}/v2/artifacts/artifact/{summary.id}", f"ow fetch {job_id} -o DIRECTORY")
     headings = [element.text for element in browser.find_elements(By.CSS_SELECTOR, "h1")]
     assert f"finetune job {short_job_id(job_id)}" in headings, headings
     assert "Outputs" in text and f"ow fetch {job_id} -o DIRECTORY" in text and "file://" not in text

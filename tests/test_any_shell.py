@@ -47,6 +47,7 @@ def timed(run: Callable[[], subprocess.CompletedProcess]) -> tuple[subprocess.Co
 # `ow` answers in about a second of its own work; the wall-clock bound only rules out waiting on a
 # temporary server or a long timeout, as the test machine may be busy with other tests.
 OW_CPU_SECONDS = 3.0
+OW_CPU_PER_PREFECT_CPU = 1.5  # `ow ls` against `prefect flow-run ls` run just before (about 0.9 here)
 OW_WALL_SECONDS = 8.0
 
 
@@ -124,14 +125,19 @@ def test_a_new_terminal_fine_tunes_with_prefect_and_lists_the_job_with_ow(
     assert finetune.returncode == 0, output[-3000:]
     assert "Completed" in output and "temporary server" not in output
 
-    runs = embedded_default.run("prefect", "flow-run", "ls")
+    runs, _, prefect_cpu = timed(lambda: embedded_default.run("prefect", "flow-run", "ls"))
     assert runs.returncode == 0 and "new-terminal" in runs.stdout, runs.stdout + runs.stderr
 
     listing, wall, cpu = timed(lambda: embedded_default.run("ow", "ls"))
     assert listing.returncode == 0, listing.stderr
     rows = listing.stdout.splitlines()
     assert rows[0].split()[:3] == ["JOB", "ID", "TYPE"] and "completed" in rows[1], listing.stdout
-    assert cpu < OW_CPU_SECONDS and wall < OW_WALL_SECONDS, f"`ow ls` took {wall:.1f} s ({cpu:.1f} s CPU)"
+    # As quick as Prefect's own listing: on a machine where `prefect flow-run ls` is slow (a loaded CI
+    # host steals CPU time too), `ow ls` may be as slow, in proportion.
+    cpu_bound = max(OW_CPU_SECONDS, OW_CPU_PER_PREFECT_CPU * prefect_cpu)
+    assert cpu < cpu_bound and wall < OW_WALL_SECONDS, (
+        f"`ow ls` took {wall:.1f} s ({cpu:.1f} s CPU; `prefect flow-run ls` {prefect_cpu:.1f} s CPU)"
+    )
 
 
 def test_with_the_server_stopped_ow_names_the_url_it_tried_in_one_line(embedded_default):

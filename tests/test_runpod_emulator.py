@@ -164,7 +164,7 @@ def test_restart_runs_the_command_again_in_a_fresh_container(api, runpod_emulato
     wait_for_status(runpod_emulator, api, pod_id, "RUNNING")
     assert runpod_emulator.all_pods[pod_id].container is not first and not first.is_up
     runpod_emulator.wait_until(
-        lambda: runpod_emulator.container_log(pod_id).splitlines().count("hello") == 2, 15, "the second run"
+        lambda: runpod_emulator.container_log(pod_id).splitlines().count("hello") == 2, 60, "the second run"
     )
 
 
